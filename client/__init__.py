@@ -1,0 +1,1 @@
+"""fedlora node side: the Flower ClientApp, model loading, local training and evaluation."""

@@ -1,0 +1,1 @@
+"""fedlora server side: the Flower ServerApp, run records, adapter export and the CLI."""

@@ -1,0 +1,252 @@
+"""The thin Flower layer shared by every fedlora strategy.
+
+Flower's ``Strategy.start()`` is the one round loop. This base class fills its hooks: picks nodes
+(with a bounded wait), sends the global adapter, validates replies into values, records per-node
+numbers, and hands the accepted updates to one abstract method, :meth:`LoraStrategy.aggregate`,
+that each algorithm implements with the pure functions of its own module.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from strategies import protocol as p
+from strategies.factors import LowRank, join_factor_keys, split_factor_keys
+from strategies.replies import ClientUpdate, Rejected, parse_eval_reply, parse_train_replies
+from strategies.report import RoundReport
+
+GlobalAdapter = dict[str, LowRank]
+
+
+class NotEnoughNodesError(RuntimeError):
+    """Fewer nodes connected than ``min-nodes`` within ``node-wait-s``."""
+
+
+def wait_for_nodes(
+    grid: Grid, *, min_nodes: int, timeout_s: float, poll_s: float = 0.5
+) -> list[int]:
+    """Node ids once at least ``min_nodes`` are connected; raise after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= min_nodes:
+            return ids
+        if time.monotonic() >= deadline:
+            raise NotEnoughNodesError(
+                f"{len(ids)} node(s) connected after {timeout_s:.0f} s but `min-nodes` is "
+                f"{min_nodes}: start more nodes, raise `node-wait-s`, or lower `min-nodes`"
+            )
+        time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Who takes part in a round and how long the server waits for them."""
+
+    min_nodes: int = 1
+    fraction_train: float = 1.0
+    node_wait_s: float = 120.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.min_nodes < 1:
+            problems.append(f"`min-nodes` is {self.min_nodes}: use an integer >= 1")
+        if not 0.0 < self.fraction_train <= 1.0:
+            problems.append(f"`fraction-train` is {self.fraction_train}: use a value in (0, 1]")
+        if not self.node_wait_s > 0:
+            problems.append(f"`node-wait-s` is {self.node_wait_s}: use seconds > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class AggregationOptions:
+    """How the server keeps the global adapter small (used by strategies that recompress)."""
+
+    max_global_rank: int | None = 64
+    recompress_tol: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_global_rank is not None and self.max_global_rank < 1:
+            problems.append(f"`max-global-rank` is {self.max_global_rank}: use an integer >= 1")
+        if not 0.0 <= self.recompress_tol < 1.0:
+            problems.append(f"`recompress-tol` is {self.recompress_tol}: use a value in [0, 1)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+class LoraStrategy(Strategy):
+    """Base for strategies that exchange LoRA factors and keep a low-rank global adapter."""
+
+    name = "base"
+
+    def __init__(self, *, federation: Federation, options: AggregationOptions) -> None:
+        self.federation = federation
+        self.options = options
+        self.rounds: dict[int, RoundReport] = {}
+        self._names: dict[int, str] = {}
+        self._global: GlobalAdapter = {}
+
+    # -- the algorithm ------------------------------------------------------------------------
+    @abstractmethod
+    def aggregate(
+        self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
+    ) -> GlobalAdapter:
+        """Combine accepted updates into the new global adapter; record extras in the report."""
+
+    # -- Flower hooks ---------------------------------------------------------------------------
+    def report(self, server_round: int) -> RoundReport:
+        return self.rounds.setdefault(server_round, RoundReport(round=server_round))
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = self._read_global(arrays)
+        nodes = wait_for_nodes(
+            grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
+        )
+        count = max(
+            self.federation.min_nodes, math.ceil(self.federation.fraction_train * len(nodes))
+        )
+        chosen = sorted(
+            random.Random(self.federation.seed * 100_003 + server_round).sample(nodes, count)
+        )
+        config = ConfigRecord({**config, "server-round": server_round})
+        return self._messages(server_round, "train", chosen, config)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = self._read_global(arrays)
+        nodes = wait_for_nodes(
+            grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
+        )
+        config = ConfigRecord({**config, "server-round": server_round})
+        return self._messages(server_round, "evaluate", nodes, config)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        report = self.report(server_round)
+        expected = {m: (b.shape[0], a.shape[1]) for m, (a, b) in self._global.items()}
+        parsed = parse_train_replies(replies, expected=expected)
+        for bad in parsed.rejected:
+            entry = report.node(bad.node_id, self._label(bad.node_id, bad.name))
+            entry.rejected = bad.reason
+            log(
+                WARNING,
+                "round %d: reply from %s not used: %s",
+                server_round,
+                entry.name,
+                bad.reason,
+            )
+        for update in parsed.updates:
+            entry = report.node(update.node_id, self._label(update.node_id, update.name))
+            entry.rank, entry.num_examples = update.rank, update.num_examples
+            entry.train_loss, entry.bytes_up = update.metrics.get(p.TRAIN_LOSS), update.bytes_up
+        if not parsed.updates:
+            log(
+                WARNING,
+                "round %d: no usable replies; the global adapter is unchanged",
+                server_round,
+            )
+            return None, None
+        self._global = self.aggregate(server_round, parsed.updates, self._global)
+        report.aggregated = True
+        report.global_rank = max((a.shape[0] for a, _ in self._global.values()), default=0)
+        total = sum(u.num_examples for u in parsed.updates)
+        loss = (
+            sum(u.num_examples * u.metrics.get(p.TRAIN_LOSS, math.nan) for u in parsed.updates)
+            / total
+        )
+        arrays = p.to_record(join_factor_keys(self._global), dtype=np.float64)
+        return arrays, MetricRecord({p.TRAIN_LOSS: loss, p.NUM_EXAMPLES: total})
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        report = self.report(server_round)
+        results = []
+        for msg in replies:
+            result = parse_eval_reply(msg)
+            entry = report.node(result.node_id, self._label(result.node_id, result.name))
+            if isinstance(result, Rejected):
+                entry.rejected = result.reason
+                log(
+                    WARNING,
+                    "round %d: evaluation from %s not used: %s",
+                    server_round,
+                    entry.name,
+                    result.reason,
+                )
+            else:
+                entry.eval_loss = result.loss
+                results.append(result)
+        if not results:
+            return None
+        total = sum(r.num_examples for r in results)
+        loss = sum(r.loss * r.num_examples for r in results) / total
+        return MetricRecord({p.EVAL_LOSS: loss, p.NUM_EXAMPLES: total})
+
+    def summary(self) -> None:
+        log(
+            INFO,
+            "\t├── %s: min-nodes=%d fraction-train=%.2f",
+            type(self).__name__,
+            self.federation.min_nodes,
+            self.federation.fraction_train,
+        )
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _label(self, node_id: int, name: str) -> str:
+        """A node's name as it last reported it (error replies carry none)."""
+        if name:
+            self._names[node_id] = name
+        return self._names.get(node_id, f"node-{node_id}")
+
+    @property
+    def global_adapter(self) -> GlobalAdapter:
+        return self._global
+
+    def _read_global(self, arrays: ArrayRecord) -> GlobalAdapter:
+        pairs, problems = split_factor_keys(p.from_record(arrays))
+        if problems:
+            raise ValueError("the global adapter is malformed: " + "; ".join(problems[:3]))
+        return {
+            m: (np.asarray(a, np.float64), np.asarray(b, np.float64)) for m, (a, b) in pairs.items()
+        }
+
+    def _messages(
+        self, server_round: int, kind: str, nodes: Sequence[int], config: ConfigRecord
+    ) -> list[Message]:
+        record = p.to_record(join_factor_keys(self._global))
+        size = record.count_bytes()
+        report = self.report(server_round)
+        messages = []
+        for node_id in nodes:
+            if kind == "train":
+                report.node(node_id).bytes_down += size
+            content = RecordDict({p.ARRAYS: record, p.CONFIG: config})
+            messages.append(
+                Message(
+                    content=content,
+                    message_type=kind,
+                    dst_node_id=node_id,
+                    group_id=str(server_round),
+                )
+            )
+        return messages

@@ -1,0 +1,51 @@
+"""The FLoRA Flower strategy: stack this round's factors onto the global adapter, recompress.
+
+Math in :mod:`strategies.flora` (stacking) and :mod:`strategies.lowrank` (recompression).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from logging import INFO
+
+from flwr.common import log
+
+from strategies.base import GlobalAdapter, LoraStrategy
+from strategies.flora import stack
+from strategies.lowrank import accumulate
+from strategies.replies import ClientUpdate
+
+
+class FLoRA(LoraStrategy):
+    """FLoRA stacking with the accumulated global adapter kept at rank <= ``max_global_rank``."""
+
+    name = "flora"
+
+    def aggregate(
+        self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
+    ) -> GlobalAdapter:
+        total = sum(u.num_examples for u in updates)
+        weights = [u.num_examples / total for u in updates]  # p_i = n_i / sum_j n_j
+        stacked = stack([u.factors for u in updates], weights)
+        result = accumulate(
+            global_adapter,
+            stacked,
+            max_rank=self.options.max_global_rank,
+            tol=self.options.recompress_tol,
+        )
+        report = self.report(server_round)
+        report.recompress_error = result.relative_error
+        log(
+            INFO,
+            "round %d: stacked rank %d from %d nodes -> global rank %d (truncation error %.2e)",
+            server_round,
+            sum(u.rank for u in updates),
+            len(updates),
+            result.max_rank,
+            result.relative_error,
+        )
+        return result.adapter
+
+    def summary(self) -> None:
+        super().summary()
+        log(INFO, "\t├── %s", self.options)

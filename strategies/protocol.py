@@ -1,0 +1,42 @@
+"""What travels between the ServerApp and the ClientApps, in one place.
+
+Train instruction: ``arrays`` (the global adapter, fp32, peft key names; empty in round 1) and
+``config`` (local training hyper-parameters). Train reply: ``arrays`` (only the node's LoRA
+factors), ``metrics`` (``num-examples``, losses) and ``adapter`` (rank, alpha, node name).
+Evaluate reply: ``metrics`` (``eval-loss``, ``num-examples``) and ``adapter`` (node name).
+Metrics in replies are outside any privacy guarantee.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+from numpy.typing import NDArray
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+ADAPTER = "adapter"
+
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+TRAIN_LOSS_FIRST = "train-loss-first"
+TRAIN_SECONDS = "train-seconds"
+EVAL_LOSS = "eval-loss"
+RANK = "rank"
+ALPHA = "alpha"
+NODE_NAME = "node-name"
+
+
+def to_record(
+    arrays: Mapping[str, NDArray[np.floating]], *, dtype: type = np.float32
+) -> ArrayRecord:
+    """Numpy arrays -> ArrayRecord in ``dtype`` (numpy has no bf16: cast before sending)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=dtype)) for k, v in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, NDArray[np.floating]]:
+    """ArrayRecord -> numpy arrays (loaded with ``allow_pickle=False`` by Flower)."""
+    return {key: value.numpy() for key, value in record.items()}
