@@ -61,7 +61,7 @@ def _reply_or_error(
 def run_train(msg: Message, context: Context) -> RecordDict:
     """Merge the global adapter, train a fresh LoRA of the node's rank, return only its factors."""
     settings = _settings(context)
-    config = TrainConfig.from_config(msg.content.config_records[p.CONFIG])
+    config = TrainConfig.from_config(dict(msg.content.config_records[p.CONFIG]))
     global_arrays = p.from_record(msg.content.array_records[p.ARRAYS])
     model, tokenizer = load_base(settings.base_model, device=pick_device(settings.device))
     model = merge_global_adapter(model, global_arrays)
@@ -94,7 +94,7 @@ def run_train(msg: Message, context: Context) -> RecordDict:
 def run_evaluate(msg: Message, context: Context) -> RecordDict:
     """Score the global model on the node's held-out split; only the loss leaves the node."""
     settings = _settings(context)
-    config = TrainConfig.from_config(msg.content.config_records[p.CONFIG])
+    config = TrainConfig.from_config(dict(msg.content.config_records[p.CONFIG]))
     global_arrays = p.from_record(msg.content.array_records[p.ARRAYS])
     model, tokenizer = load_base(settings.base_model, device=pick_device(settings.device))
     model = merge_global_adapter(model, global_arrays)

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -31,7 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from strategies.factors import A_SUFFIX, B_SUFFIX
 
-hf_logging.disable_progress_bar()
+hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 EMBEDDED = "embedded"
 _ASSET = Path("client") / "assets" / "base-model"
@@ -104,7 +105,7 @@ def load_base(
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, local_files_only=offline
     )
-    model.to(device)  # before any peft wrapping (opacus#820)
+    model.to(device)  # type: ignore[arg-type]  # before peft wrapping (opacus#820)
     model.config.use_cache = False
     return model, tokenizer
 
@@ -164,7 +165,7 @@ def wrap_global_adapter(
     if config is None:
         return None
     peft_model = _peft(model, config)
-    result = set_peft_model_state_dict(peft_model, padded_state_dict(arrays, config.r))
+    result: Any = set_peft_model_state_dict(peft_model, padded_state_dict(arrays, config.r))
     if result.unexpected_keys:
         raise ValueError(
             f"global adapter keys do not match the base model: {result.unexpected_keys[:3]}"
@@ -180,7 +181,7 @@ def merge_global_adapter(
     if peft_model is None:
         return model
     with torch.no_grad():
-        merged = peft_model.merge_and_unload()
+        merged: PreTrainedModel = peft_model.merge_and_unload()
     return merged
 
 
@@ -193,7 +194,7 @@ def attach_lora(
         targets = [t.strip() for t in target_modules.split(",") if t.strip()]
     config = LoraConfig(
         r=rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
         fan_in_fan_out=uses_conv1d(model),
         target_modules=targets,
         lora_dropout=0.0,

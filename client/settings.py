@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-ConfigValue = bool | int | float | str | bytes
-Config = Mapping[str, ConfigValue]
+ConfigValue = bool | int | float | str  # Flower's UserConfigValue
+Config = Mapping[str, Any]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -167,7 +168,7 @@ def _opt_int(config: Config, key: str, problems: list[str]) -> int | None:
 
 def _to_float(key: str, value: ConfigValue, problems: list[str]) -> float | None:
     try:
-        if isinstance(value, bool | bytes):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise TypeError
         return float(value)
     except (TypeError, ValueError):

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from client.settings import TrainConfig
 
@@ -69,7 +69,7 @@ def sample_batches(
         yield [rows[i] for i in picked]
 
 
-def token_loss_sum(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, int]:
+def token_loss_sum(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over non-padding targets, and their count."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     shift_logits = logits[:, :-1].float()  # (b, t-1, vocab)
@@ -84,7 +84,7 @@ def token_loss_sum(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, 
 
 
 def train_local(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     rows: Sequence[list[int]],
     config: TrainConfig,
     *,
@@ -108,7 +108,7 @@ def train_local(
         loss_sum, count = token_loss_sum(model, batch)
         loss = loss_sum / max(count, 1)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         losses.append(float(loss.detach()))
     return TrainResult(
@@ -122,7 +122,7 @@ def train_local(
 
 @torch.no_grad()
 def evaluate_loss(
-    model: PreTrainedModel, rows: Sequence[list[int]], *, pad_id: int, batch_size: int = 32
+    model: torch.nn.Module, rows: Sequence[list[int]], *, pad_id: int, batch_size: int = 32
 ) -> tuple[float, int]:
     """Mean next-token loss (nats/token) over all rows, and the number of scored tokens."""
     if not rows:

@@ -43,7 +43,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                        ("run-dir", args.run_dir), ("base-model", args.base_model)):  # fmt: skip
         if value is not None:
             overrides[key] = value
-    outcome = simulate(num_nodes=args.nodes, run_config=overrides, verbose=args.verbose)
+    nodes, node_configs = args.nodes, None
+    if args.data is not None:
+        folders = sorted(d for d in args.data.iterdir() if (d / "train.jsonl").is_file())
+        if not folders:
+            raise ValueError(
+                f"`--data` {str(args.data)!r} has no sub-folder holding train.jsonl: use one "
+                "folder per node (see `fedlora data synth --out DIR`)"
+            )
+        nodes = len(folders)
+        node_configs = [{"data-path": str(d), "node-name": d.name} for d in folders]
+    outcome = simulate(
+        num_nodes=nodes, run_config=overrides, node_configs=node_configs, verbose=args.verbose
+    )
     print(f"[fedlora] metrics: {outcome.run_dir / 'metrics.jsonl'}")
     return 0
 
@@ -103,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run a whole federation locally (in this process)")
     sim.add_argument("--nodes", type=int, default=3, help="number of institutions (default 3)")
+    sim.add_argument("--data", type=Path, help="one sub-folder of JSONL per node (sets --nodes)")
     sim.add_argument("--rounds", type=int, help="federated rounds (default 3)")
     sim.add_argument("--ranks", help='LoRA rank per node, cycled (default "4,8,16")')
     sim.add_argument("--base-model", help="model folder or hub id (default: the embedded model)")

@@ -47,7 +47,7 @@ def run_federation(
     echo(f"[fedlora] run folder {run_dir}")
     strategy = build_strategy(settings)
     runlog = RunLog(run_dir, settings.num_rounds, echo=echo)
-    train_config = ConfigRecord(settings.train.to_config())
+    train_config = ConfigRecord(dict[str, Any](settings.train.to_config()))
     eval_config = ConfigRecord({"max-length": settings.train.max_length})
     server_eval = _server_evaluator(settings)
 

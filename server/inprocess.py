@@ -99,8 +99,8 @@ class InProcessGrid(Grid):
 
 
 def node_contexts(
-    node_configs: list[dict[str, bool | int | float | str | bytes]],
-    run_config: dict[str, bool | int | float | str | bytes],
+    node_configs: list[dict[str, bool | int | float | str]],
+    run_config: dict[str, bool | int | float | str],
     *,
     run_id: int = 1,
 ) -> dict[int, Context]:

@@ -7,11 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from client.settings import DEFAULT_RUN_CONFIG, SettingsError, TrainConfig, parse_ranks
+from client.settings import (
+    DEFAULT_RUN_CONFIG,
+    ConfigValue,
+    SettingsError,
+    TrainConfig,
+    parse_ranks,
+)
 from strategies.base import AggregationOptions, Federation
 from strategies.registry import STRATEGIES
 
-ConfigValue = bool | int | float | str | bytes
 T = TypeVar("T")
 
 
@@ -47,7 +52,7 @@ class _Reader:
             return default
         value = self.config[key]
         try:
-            if isinstance(value, bool | bytes) and kind is not bool:
+            if isinstance(value, bool) and kind is not bool:
                 raise TypeError
             if kind is int and isinstance(value, float) and not value.is_integer():
                 raise TypeError
@@ -67,8 +72,8 @@ class _Reader:
 def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
     """Build :class:`ServerSettings` from a Flower run config; raise :class:`SettingsError`."""
     d = ServerSettings()
-    r = _Reader(run_config)
     unknown = sorted(set(run_config) - KNOWN_KEYS)
+    r = _Reader({**DEFAULT_RUN_CONFIG, **run_config})
     if unknown:
         r.problems.append(
             f"unknown run-config key(s) {unknown}: use the keys of [tool.flwr.app.config] "
@@ -128,6 +133,7 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         federation=federation,
         aggregation=aggregation,
         round_timeout_s=timeout,
-        run_dir=Path(r.get("run-dir", str, str(d.run_dir), "a folder path")).expanduser(),
-        server_eval_data=Path(eval_data).expanduser() if eval_data else None,
+        # Absolute: Flower's detached SuperLink runs apps in the folder it was first started from.
+        run_dir=Path(r.get("run-dir", str, str(d.run_dir), "a folder path")).expanduser().resolve(),
+        server_eval_data=Path(eval_data).expanduser().resolve() if eval_data else None,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
+from flwr.clientapp import ClientApp
+
 from client.settings import DEFAULT_RUN_CONFIG, ConfigValue
 from server.federation import RunOutcome, run_federation
 from server.inprocess import InProcessGrid, node_contexts
@@ -42,7 +44,7 @@ def simulate(
     return run_federation(grid, settings, echo=echo)
 
 
-def _client_app():  # type: ignore[no-untyped-def]
+def _client_app() -> ClientApp:
     from client.app import app
 
     return app

@@ -17,6 +17,18 @@ EMBEDDED = REPO / "client" / "assets" / "base-model"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests run only where CUDA is present."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     assert (EMBEDDED / "model.safetensors").is_file(), "run scripts/make_base_model.py"

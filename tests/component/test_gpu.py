@@ -1,0 +1,60 @@
+"""One client step on CUDA (skipped without it). Imports no Flower, so it runs on bare GPU hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client.model import attach_lora, load_base, lora_factors, merge_global_adapter, pick_device
+from client.settings import TrainConfig
+from client.synth import synth_partition
+from client.training import encode, evaluate_loss, train_local
+from strategies.factors import A_SUFFIX, B_SUFFIX
+
+pytestmark = pytest.mark.gpu
+
+
+def _global_adapter(model_dir: Path, rank: int) -> dict[str, np.ndarray]:
+    model, _ = load_base(str(model_dir), device=torch.device("cpu"))
+    peft_model = attach_lora(model, rank=rank, alpha=rank, target_modules="all-linear", seed=0)
+    rng = np.random.default_rng(0)
+    return {
+        k: rng.normal(scale=0.05, size=v.shape).astype(np.float32)
+        for k, v in lora_factors(peft_model).items()
+    }
+
+
+def test_client_step_on_cuda_matches_cpu_and_returns_cpu_fp32_factors(embedded_dir: Path) -> None:
+    device = pick_device("auto")
+    assert device.type == "cuda"
+    arrays = _global_adapter(embedded_dir, rank=6)
+    train, evaluation = synth_partition(2, n_train=32, n_eval=16)
+    losses = {}
+    for dev in (torch.device("cpu"), device):
+        model, tokenizer = load_base(str(embedded_dir), device=dev)
+        model = merge_global_adapter(model, arrays)
+        rows = encode([r["text"] for r in evaluation], tokenizer, max_length=64)
+        losses[dev.type], _ = evaluate_loss(model, rows, pad_id=tokenizer.pad_token_id)
+    assert losses["cuda"] == pytest.approx(losses["cpu"], abs=1e-3)
+
+    model, tokenizer = load_base(str(embedded_dir), device=device)
+    model = merge_global_adapter(model, arrays)
+    peft_model = attach_lora(model, rank=4, alpha=8, target_modules="all-linear", seed=1)
+    assert all(p.device.type == "cuda" for p in peft_model.parameters())
+    rows = encode([r["text"] for r in train], tokenizer, max_length=64)
+    result = train_local(
+        peft_model,
+        rows,
+        TrainConfig(local_steps=5, batch_size=8),
+        pad_id=tokenizer.pad_token_id,
+        seed=0,
+    )
+    factors = lora_factors(peft_model)
+    assert result.steps == 5 and np.isfinite(result.loss_mean)
+    assert all(v.dtype == np.float32 and isinstance(v, np.ndarray) for v in factors.values())
+    b_moved = sum(float(np.abs(v).sum()) for k, v in factors.items() if k.endswith(B_SUFFIX))
+    assert b_moved > 0
+    assert all(factors[k].shape[0] == 4 for k in factors if k.endswith(A_SUFFIX))
