@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export FLWR_TELEMETRY_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test bench lint format clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) scripts/bench_recompress.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

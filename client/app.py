@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from client.data import load_node_texts
 from client.model import (
@@ -58,24 +60,44 @@ def _reply_or_error(
     return wrapped
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every instruction starts from: the node's settings and the base model with the
+    global adapter merged in."""
+
+    settings: NodeSettings
+    config: TrainConfig
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+
+def _prepare(msg: Message, context: Context) -> _Job:
+    settings = _settings(context)
+    content = msg.content
+    if p.CONFIG not in content.config_records or p.ARRAYS not in content.array_records:
+        raise ValueError(f"instruction lacks `{p.CONFIG}` or `{p.ARRAYS}`: server and node "
+                         "run different fedlora versions")  # fmt: skip
+    config = TrainConfig.from_config(dict(content.config_records[p.CONFIG]))
+    model, tokenizer = load_base(settings.base_model, device=pick_device(settings.device))
+    model = merge_global_adapter(model, p.from_record(content.array_records[p.ARRAYS]))
+    return _Job(settings, config, model, tokenizer)
+
+
 def run_train(msg: Message, context: Context) -> RecordDict:
     """Merge the global adapter, train a fresh LoRA of the node's rank, return only its factors."""
-    settings = _settings(context)
-    config = TrainConfig.from_config(dict(msg.content.config_records[p.CONFIG]))
-    global_arrays = p.from_record(msg.content.array_records[p.ARRAYS])
-    model, tokenizer = load_base(settings.base_model, device=pick_device(settings.device))
-    model = merge_global_adapter(model, global_arrays)
+    job = _prepare(msg, context)
+    settings, config = job.settings, job.config
     seed = derive_seed(config.seed, config.server_round, settings.name)
     peft_model = attach_lora(
-        model,
+        job.model,
         rank=settings.lora_rank,
         alpha=settings.lora_alpha,
         target_modules=settings.target_modules,
         seed=seed,
     )
     train_texts, _ = load_node_texts(settings)
-    rows = encode(train_texts, tokenizer, max_length=config.max_length)
-    result = train_local(peft_model, rows, config, pad_id=tokenizer.pad_token_id, seed=seed)
+    rows = encode(train_texts, job.tokenizer, max_length=config.max_length)
+    result = train_local(peft_model, rows, config, pad_id=job.tokenizer.pad_token_id, seed=seed)
     metrics = MetricRecord(
         {
             p.NUM_EXAMPLES: result.num_examples,
@@ -93,16 +115,13 @@ def run_train(msg: Message, context: Context) -> RecordDict:
 
 def run_evaluate(msg: Message, context: Context) -> RecordDict:
     """Score the global model on the node's held-out split; only the loss leaves the node."""
-    settings = _settings(context)
-    config = TrainConfig.from_config(dict(msg.content.config_records[p.CONFIG]))
-    global_arrays = p.from_record(msg.content.array_records[p.ARRAYS])
-    model, tokenizer = load_base(settings.base_model, device=pick_device(settings.device))
-    model = merge_global_adapter(model, global_arrays)
-    _, eval_texts = load_node_texts(settings)
-    rows = encode(eval_texts, tokenizer, max_length=config.max_length)
-    loss, _ = evaluate_loss(model, rows, pad_id=tokenizer.pad_token_id)
+    job = _prepare(msg, context)
+    _, eval_texts = load_node_texts(job.settings)
+    rows = encode(eval_texts, job.tokenizer, max_length=job.config.max_length)
+    loss, _ = evaluate_loss(job.model, rows, pad_id=job.tokenizer.pad_token_id)
     metrics = MetricRecord({p.EVAL_LOSS: loss, p.NUM_EXAMPLES: len(rows)})
-    return RecordDict({p.METRICS: metrics, p.ADAPTER: ConfigRecord({p.NODE_NAME: settings.name})})
+    name = ConfigRecord({p.NODE_NAME: job.settings.name})
+    return RecordDict({p.METRICS: metrics, p.ADAPTER: name})
 
 
 app.train()(_reply_or_error(run_train))

@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from client.settings import NodeSettings
-from client.synth import profile_for_partition, synth_partition
-
-TRAIN_FILE = "train.jsonl"
-EVAL_FILE = "eval.jsonl"
+from client.synth import EVAL_FILE, TRAIN_FILE, profile_for_partition, synth_partition
 
 
 def record_to_text(record: Mapping[str, Any], *, where: str) -> str:

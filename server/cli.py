@@ -92,8 +92,9 @@ def _cmd_adapter_evaluate(args: argparse.Namespace) -> int:
     import torch
     from peft import PeftModel
 
-    from client.data import EVAL_FILE, read_jsonl
+    from client.data import read_jsonl
     from client.model import load_base
+    from client.synth import EVAL_FILE
     from client.training import encode, evaluate_loss
 
     data = args.data / EVAL_FILE if args.data.is_dir() else args.data

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
+from flwr.app import Message
 from flwr.clientapp import ClientApp
 
 from client.settings import DEFAULT_RUN_CONFIG, ConfigValue
 from server.federation import RunOutcome, run_federation
 from server.inprocess import InProcessGrid, node_contexts
 from server.settings import server_settings
+from strategies import protocol as p
 
 
 def simulate(
@@ -40,8 +44,27 @@ def simulate(
     for i, extra in enumerate(node_configs or []):
         nodes[i].update(extra)
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
-    grid = InProcessGrid(_client_app(), node_contexts(nodes, config))
+    grid = InProcessGrid(_client_app(), node_contexts(nodes, config), on_reply=_progress(echo))
     return run_federation(grid, settings, echo=echo)
+
+
+def _progress(echo: Callable[[str], None]) -> Callable[[Message, Message], None]:
+    """One line per node as its training reply arrives."""
+
+    def on_reply(msg: Message, reply: Message) -> None:
+        if msg.metadata.message_type != "train":
+            return
+        if reply.has_error():
+            reason = reply.error.reason.splitlines()[0] if reply.error.reason else "?"
+            echo(f"[fedlora]   node {msg.metadata.dst_node_id} failed: {reason}")
+            return
+        adapter: Mapping[str, Any] = reply.content.config_records.get(p.ADAPTER, {})
+        metrics: Mapping[str, Any] = reply.content.metric_records.get(p.METRICS, {})
+        name, rank = adapter.get(p.NODE_NAME, "?"), adapter.get(p.RANK, "?")
+        loss, seconds = metrics.get(p.TRAIN_LOSS, math.nan), metrics.get(p.TRAIN_SECONDS, math.nan)
+        echo(f"[fedlora]   {name!s}: rank {rank!s}, train loss {loss:.3f}, {seconds:.1f} s")
+
+    return on_reply
 
 
 def _client_app() -> ClientApp:

@@ -94,6 +94,8 @@ def test_metrics_record_every_round_and_node(federation) -> None:
     assert sorted(ranks.values()) == sorted(RANKS)
     assert records[1]["bytes_down"] == 0 and records[2]["bytes_down"] > 0
     assert records[1]["bytes_up"] > 0
+    for name, node in records[-1]["nodes"].items():
+        assert node["eval_loss"] < records[0]["nodes"][name]["eval_loss"], name
     settings = json.loads((outcome.run_dir / "settings.json").read_text())
     assert settings["num_rounds"] == 2
 
@@ -141,3 +143,17 @@ def test_a_failing_node_is_skipped_and_recorded(tmp_path: Path) -> None:
     bad = record["nodes"]["node-1002"]  # an error reply has no content, so no node name
     assert "train.jsonl" in bad["rejected"] and bad["rank"] is None
     assert record["aggregated"] and record["global_rank"] == RANKS[0]
+
+
+def test_server_held_data_is_scored_every_round(tmp_path: Path) -> None:
+    from client.synth import write_partition
+
+    held = write_partition(tmp_path / "held", 2, n_train=1, n_eval=8, seed=9) / "eval.jsonl"
+    config = _run_config(tmp_path, **{"num-server-rounds": 1, "min-nodes": 2})
+    config["server-eval-data"] = str(held)
+    nodes = [{"partition-id": i, "num-threads": 1} for i in range(2)]
+    grid = InProcessGrid(client_app, node_contexts(nodes, config))
+    outcome = run_federation(grid, server_settings(config), echo=lambda _: None)
+    records = read_metrics(outcome.run_dir)
+    assert all(r["server_eval_loss"] > 0 for r in records)
+    assert records[1]["server_eval_loss"] != records[0]["server_eval_loss"]
