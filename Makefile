@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export FLWR_TELEMETRY_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo flower-demo test bench lint format clean
 
 install: $(STAMP)
 
@@ -20,6 +20,14 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/fedlora simulate
+
+# The same federation under Flower's simulation engine (detached local SuperLink + Ray).
+# Stop the SuperLink afterwards with: pkill -f "flower-superlink --insecure --simulation"
+flower-demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+	  $(VENV)/bin/flwr run . --stream \
+	  --federation-config "num-supernodes=3 client-resources-num-cpus=1" \
+	  --run-config "run-dir='$(CURDIR)/runs'"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,65 @@
+"""JSONL node data: accepted record shapes and errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client.data import read_jsonl, record_to_text
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_text_and_instruction_records(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.jsonl", [
+        json.dumps({"text": "Pt 67F, chest pain."}),
+        "",
+        json.dumps({"instruction": "Summarise", "input": "BP 120/80", "response": "Normal BP."}),
+        json.dumps({"instruction": "Flag?", "response": "no"}),
+    ])  # fmt: skip
+    assert read_jsonl(path) == [
+        "Pt 67F, chest pain.",
+        "### Instruction:\nSummarise\nBP 120/80\n### Response:\nNormal BP.",
+        "### Instruction:\nFlag?\n### Response:\nno",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", r"d\.jsonl:2: not valid JSON"),
+        ("[1, 2]", r"d\.jsonl:2: expected a JSON object"),
+        (json.dumps({"prompt": "x"}), r"d\.jsonl:2: record has keys \['prompt'\]"),
+    ],
+)
+def test_bad_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    path = _write(tmp_path / "d.jsonl", [json.dumps({"text": "ok"}), line])
+    with pytest.raises(ValueError, match=message):
+        read_jsonl(path)
+
+
+def test_empty_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no records"):
+        read_jsonl(_write(tmp_path / "e.jsonl", [""]))
+
+
+def test_record_to_text_names_where() -> None:
+    with pytest.raises(ValueError, match="node-3"):
+        record_to_text({"response": "x"}, where="node-3")
+
+
+def test_aggregation_settings_and_cli_import_without_torch() -> None:
+    code = (
+        "import sys, strategies.registry, strategies.flora, strategies.lowrank, server.settings, "
+        "server.cli, client.settings, client.synth, client.data; "
+        "bad = [m for m in ('torch', 'transformers', 'peft', 'opacus') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
