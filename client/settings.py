@@ -85,6 +85,7 @@ def parse_ranks(text: str, *, field: str = "lora-ranks") -> tuple[int, ...]:
 def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
     """Build :class:`NodeSettings` (node config wins over run config); raise `SettingsError`."""
     problems: list[str] = []
+    run_config = {**DEFAULT_RUN_CONFIG, **run_config}  # missing keys take the run defaults
     partition = _opt_int(node_config, "partition-id", problems)
     data = node_config.get("data-path")
     data_path = Path(str(data)).expanduser() if data else None
@@ -106,10 +107,10 @@ def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
     device = str(node_config.get("device", "auto"))
     if device not in DEVICES and not device.startswith("cuda:"):
         problems.append(f"`device` is {device!r}: use one of {', '.join(DEVICES)} or cuda:N")
-    train_n = _opt_int(run_config, "synth-train-examples", problems) or 256
-    eval_n = _opt_int(run_config, "synth-eval-examples", problems) or 64
-    seed = _opt_int(run_config, "seed", problems) or 0
-    if problems:
+    train_n = _opt_int(run_config, "synth-train-examples", problems)
+    eval_n = _opt_int(run_config, "synth-eval-examples", problems)
+    seed = _opt_int(run_config, "seed", problems)
+    if problems or train_n is None or eval_n is None or seed is None:
         raise SettingsError(problems)
     return NodeSettings(
         name=str(node_config.get("node-name") or _default_name(partition, data_path)),
@@ -118,8 +119,8 @@ def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
         lora_rank=rank,
         lora_alpha=float(alpha or 0.0),
         device=device,
-        base_model=str(run_config.get("base-model", "")),
-        target_modules=str(run_config.get("target-modules", "all-linear")),
+        base_model=str(run_config["base-model"]),
+        target_modules=str(run_config["target-modules"]),
         synth_train_examples=train_n,
         synth_eval_examples=eval_n,
         seed=seed,
@@ -131,7 +132,7 @@ def _node_rank(node: Config, run: Config, partition: int | None, problems: list[
         rank = _opt_int(node, "lora-rank", problems)
     else:
         try:
-            ranks = parse_ranks(str(run.get("lora-ranks", DEFAULT_RUN_CONFIG["lora-ranks"])))
+            ranks = parse_ranks(str(run["lora-ranks"]))
         except SettingsError as err:
             problems.extend(err.problems)
             return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +17,6 @@ from server.settings import ServerSettings
 from strategies import protocol as p
 from strategies.base import LoraStrategy
 from strategies.registry import strategy_class
-
-LOG = logging.getLogger("fedlora")
 
 
 @dataclass(frozen=True)
@@ -94,19 +91,35 @@ def _server_evaluator(settings: ServerSettings) -> Callable[[ArrayRecord], Metri
     """Loss of the global model on a dataset the server itself holds (optional)."""
     if settings.server_eval_data is None:
         return None
-    path = settings.server_eval_data
+    return _ServerEvaluator(settings, settings.server_eval_data)
 
-    def evaluate(arrays: ArrayRecord) -> MetricRecord:
+
+class _ServerEvaluator:
+    """Loads the base model and the encoded data once, on first use (torch stays out of
+    start-up); each round attaches the global adapter, scores it, and detaches it again."""
+
+    def __init__(self, settings: ServerSettings, path: Path) -> None:
+        self.settings = settings
+        self.path = path
+        self.loaded: tuple[Any, Any, list[list[int]]] | None = None
+
+    def __call__(self, arrays: ArrayRecord) -> MetricRecord:
         import torch
 
         from client.data import read_jsonl
-        from client.model import load_base, merge_global_adapter
+        from client.model import load_base, wrap_global_adapter
         from client.training import encode, evaluate_loss
 
-        model, tokenizer = load_base(settings.base_model, device=torch.device("cpu"))
-        model = merge_global_adapter(model, p.from_record(arrays))
-        rows = encode(read_jsonl(path), tokenizer, max_length=settings.train.max_length)
-        loss, _ = evaluate_loss(model, rows, pad_id=tokenizer.pad_token_id)
+        if self.loaded is None:
+            model, tokenizer = load_base(self.settings.base_model, device=torch.device("cpu"))
+            rows = encode(
+                read_jsonl(self.path), tokenizer, max_length=self.settings.train.max_length
+            )
+            self.loaded = (model, tokenizer, rows)
+        model, tokenizer, rows = self.loaded
+        peft_model = wrap_global_adapter(model, p.from_record(arrays))
+        scored = model if peft_model is None else peft_model
+        loss, _ = evaluate_loss(scored, rows, pad_id=tokenizer.pad_token_id)
+        if peft_model is not None:
+            self.loaded = (peft_model.unload(), tokenizer, rows)  # the base weights, untouched
         return MetricRecord({p.EVAL_LOSS: loss, p.NUM_EXAMPLES: len(rows)})
-
-    return evaluate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,19 +22,19 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Everything the ServerApp needs; defaults equal ``[tool.flwr.app.config]`` in pyproject."""
+    """Everything the ServerApp needs; built by :func:`server_settings` (defaults: run config)."""
 
-    num_rounds: int = 3
-    strategy: str = "flora"
-    base_model: str = ""
-    target_modules: str = "all-linear"
-    lora_ranks: tuple[int, ...] = (4, 8, 16)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    federation: Federation = field(default_factory=Federation)
-    aggregation: AggregationOptions = field(default_factory=AggregationOptions)
-    round_timeout_s: float = 900.0
-    run_dir: Path = Path("runs")
-    server_eval_data: Path | None = None
+    num_rounds: int
+    strategy: str
+    base_model: str
+    target_modules: str
+    lora_ranks: tuple[int, ...]
+    train: TrainConfig
+    federation: Federation
+    aggregation: AggregationOptions
+    round_timeout_s: float
+    run_dir: Path
+    server_eval_data: Path | None
 
 
 KNOWN_KEYS = frozenset(DEFAULT_RUN_CONFIG)
@@ -47,9 +47,8 @@ class _Reader:
         self.config = config
         self.problems: list[str] = []
 
-    def get(self, key: str, kind: Callable[[Any], T], default: T, hint: str) -> T:
-        if key not in self.config:
-            return default
+    def get(self, key: str, kind: Callable[[Any], T], hint: str) -> T:
+        """The value of ``key`` as ``kind``; on a bad value, record it and use the default."""
         value = self.config[key]
         try:
             if isinstance(value, bool) and kind is not bool:
@@ -59,7 +58,7 @@ class _Reader:
             return kind(value)
         except (TypeError, ValueError):
             self.problems.append(f"`{key}` is {value!r}: {hint}")
-            return default
+            return kind(DEFAULT_RUN_CONFIG[key])
 
     def build(self, cls: Callable[..., T], **kwargs: Any) -> T | None:
         try:
@@ -71,7 +70,6 @@ class _Reader:
 
 def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
     """Build :class:`ServerSettings` from a Flower run config; raise :class:`SettingsError`."""
-    d = ServerSettings()
     unknown = sorted(set(run_config) - KNOWN_KEYS)
     r = _Reader({**DEFAULT_RUN_CONFIG, **run_config})
     if unknown:
@@ -79,43 +77,43 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
             f"unknown run-config key(s) {unknown}: use the keys of [tool.flwr.app.config] "
             f"({', '.join(sorted(KNOWN_KEYS))})"
         )
-    name = r.get("strategy", str, d.strategy, "a strategy name")
+    name = r.get("strategy", str, "a strategy name")
     if name not in STRATEGIES:
         r.problems.append(f"`strategy` is {name!r}: use one of {', '.join(sorted(STRATEGIES))}")
-    ranks = d.lora_ranks
+    ranks = parse_ranks(str(DEFAULT_RUN_CONFIG["lora-ranks"]))
     try:
-        ranks = parse_ranks(r.get("lora-ranks", str, "4,8,16", "comma-separated integers"))
+        ranks = parse_ranks(r.get("lora-ranks", str, "comma-separated integers"))
     except SettingsError as err:
         r.problems.extend(err.problems)
-    dt, df, da = d.train, d.federation, d.aggregation
+    seed = r.get("seed", int, "use an integer")
     train = r.build(
         TrainConfig,
-        local_steps=r.get("local-steps", int, dt.local_steps, "use an integer >= 1"),
-        batch_size=r.get("batch-size", int, dt.batch_size, "use an integer >= 1"),
-        learning_rate=r.get("learning-rate", float, dt.learning_rate, "use a number in (0, 1)"),
-        max_length=r.get("max-length", int, dt.max_length, "use an integer >= 1"),
-        seed=r.get("seed", int, dt.seed, "use an integer"),
+        local_steps=r.get("local-steps", int, "use an integer >= 1"),
+        batch_size=r.get("batch-size", int, "use an integer >= 1"),
+        learning_rate=r.get("learning-rate", float, "use a number in (0, 1)"),
+        max_length=r.get("max-length", int, "use an integer >= 1"),
+        seed=seed,
     )
     federation = r.build(
         Federation,
-        min_nodes=r.get("min-nodes", int, df.min_nodes, "use an integer >= 1"),
-        fraction_train=r.get("fraction-train", float, df.fraction_train, "use a value in (0, 1]"),
-        node_wait_s=r.get("node-wait-s", float, df.node_wait_s, "use seconds > 0"),
-        seed=r.get("seed", int, df.seed, "use an integer"),
+        min_nodes=r.get("min-nodes", int, "use an integer >= 1"),
+        fraction_train=r.get("fraction-train", float, "use a value in (0, 1]"),
+        node_wait_s=r.get("node-wait-s", float, "use seconds > 0"),
+        seed=seed,
     )
-    cap = r.get("max-global-rank", int, da.max_global_rank or 0, "use an integer >= 1 (0: no cap)")
+    cap = r.get("max-global-rank", int, "use an integer >= 1 (0: no cap)")
     aggregation = r.build(
         AggregationOptions,
         max_global_rank=cap or None,
-        recompress_tol=r.get("recompress-tol", float, da.recompress_tol, "use a value in [0, 1)"),
+        recompress_tol=r.get("recompress-tol", float, "use a value in [0, 1)"),
     )
-    rounds = r.get("num-server-rounds", int, d.num_rounds, "use an integer >= 1")
+    rounds = r.get("num-server-rounds", int, "use an integer >= 1")
     if rounds < 1:
         r.problems.append(f"`num-server-rounds` is {rounds}: use an integer >= 1")
-    timeout = r.get("round-timeout-s", float, d.round_timeout_s, "use seconds > 0")
+    timeout = r.get("round-timeout-s", float, "use seconds > 0")
     if not timeout > 0:
         r.problems.append(f"`round-timeout-s` is {timeout}: use seconds > 0")
-    eval_data = r.get("server-eval-data", str, "", "a JSONL file path or empty")
+    eval_data = r.get("server-eval-data", str, "a JSONL file path or empty")
     if eval_data and not Path(eval_data).expanduser().is_file():
         r.problems.append(
             f"`server-eval-data` is {eval_data!r}, which is not a file: "
@@ -126,14 +124,14 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
     return ServerSettings(
         num_rounds=rounds,
         strategy=name,
-        base_model=r.get("base-model", str, d.base_model, "a model directory or hub id"),
-        target_modules=r.get("target-modules", str, d.target_modules, "module names"),
+        base_model=r.get("base-model", str, "a model directory or hub id"),
+        target_modules=r.get("target-modules", str, "module names"),
         lora_ranks=ranks,
         train=train,
         federation=federation,
         aggregation=aggregation,
         round_timeout_s=timeout,
         # Absolute: Flower's detached SuperLink runs apps in the folder it was first started from.
-        run_dir=Path(r.get("run-dir", str, str(d.run_dir), "a folder path")).expanduser().resolve(),
+        run_dir=Path(r.get("run-dir", str, "a folder path")).expanduser().resolve(),
         server_eval_data=Path(eval_data).expanduser().resolve() if eval_data else None,
     )

@@ -100,6 +100,10 @@ class LoraStrategy(Strategy):
         self.rounds: dict[int, RoundReport] = {}
         self._names: dict[int, str] = {}
         self._global: GlobalAdapter = {}
+        # The ArrayRecord `_global` was read from, and its fp32 wire form: Flower hands the same
+        # record to configure_evaluate and the next configure_train, so each is built once.
+        self._source: ArrayRecord | None = None
+        self._wire: ArrayRecord | None = None
 
     # -- the algorithm ------------------------------------------------------------------------
     @abstractmethod
@@ -115,7 +119,7 @@ class LoraStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._global = self._read_global(arrays)
+        self._sync_global(arrays)
         nodes = wait_for_nodes(
             grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
         )
@@ -131,7 +135,7 @@ class LoraStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._global = self._read_global(arrays)
+        self._sync_global(arrays)
         nodes = wait_for_nodes(
             grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
         )
@@ -174,6 +178,7 @@ class LoraStrategy(Strategy):
             / total
         )
         arrays = p.to_record(join_factor_keys(self._global), dtype=np.float64)
+        self._source, self._wire = arrays, None
         return arrays, MetricRecord({p.TRAIN_LOSS: loss, p.NUM_EXAMPLES: total})
 
     def aggregate_evaluate(
@@ -218,9 +223,11 @@ class LoraStrategy(Strategy):
             self._names[node_id] = name
         return self._names.get(node_id, f"node-{node_id}")
 
-    @property
-    def global_adapter(self) -> GlobalAdapter:
-        return self._global
+    def _sync_global(self, arrays: ArrayRecord) -> None:
+        """Adopt ``arrays`` as the global adapter unless it is the record we already hold."""
+        if arrays is not self._source:
+            self._global = self._read_global(arrays)
+            self._source, self._wire = arrays, None
 
     def _read_global(self, arrays: ArrayRecord) -> GlobalAdapter:
         pairs, problems = split_factor_keys(p.from_record(arrays))
@@ -233,7 +240,9 @@ class LoraStrategy(Strategy):
     def _messages(
         self, server_round: int, kind: str, nodes: Sequence[int], config: ConfigRecord
     ) -> list[Message]:
-        record = p.to_record(join_factor_keys(self._global))
+        if self._wire is None:
+            self._wire = p.to_record(join_factor_keys(self._global))
+        record = self._wire
         size = record.count_bytes()
         report = self.report(server_round)
         messages = []

@@ -13,8 +13,9 @@ from client.app import app as client_app
 from client.model import load_base, merge_global_adapter, module_name, wrap_global_adapter
 from client.settings import TrainConfig
 from strategies import protocol as p
-from strategies.factors import A_SUFFIX, B_SUFFIX
+from strategies.factors import A_SUFFIX, B_SUFFIX, join_factor_keys
 from strategies.flora import stack
+from tests.helpers import lora_factor_shapes
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -72,26 +73,22 @@ def test_train_reply_carries_only_lora_factors_of_the_node_rank(embedded_dir: Pa
 
 def _random_global(model_dir: Path, rank: int, seed: int) -> dict[str, np.ndarray]:
     """A global adapter built the way the server builds it: FLoRA-stack two random clients."""
-    reply = _train_reply(model_dir, **{"lora-rank": 2})
-    keys = p.from_record(reply.content.array_records[p.ARRAYS])
+    shapes = lora_factor_shapes(model_dir, rank=2)
     rng = np.random.default_rng(seed)
     clients = []
     for r in (rank, rank + 1):
         factors = {}
-        for key, value in keys.items():
+        for key, (_, in_dim) in shapes.items():
             if key.endswith(A_SUFFIX):
-                b = keys[key.replace(A_SUFFIX, B_SUFFIX)]
+                out_dim = shapes[key.replace(A_SUFFIX, B_SUFFIX)][0]
                 factors[key.removesuffix(A_SUFFIX)] = (
-                    rng.normal(scale=0.1, size=(r, value.shape[1])),
-                    rng.normal(scale=0.1, size=(b.shape[0], r)),
+                    rng.normal(scale=0.1, size=(r, in_dim)),
+                    rng.normal(scale=0.1, size=(out_dim, r)),
                     2.0,
                 )
         clients.append(factors)
     stacked = stack(clients, [0.5, 0.5])
-    flat = {}
-    for module, (a, b, _) in stacked.items():
-        flat[module + A_SUFFIX], flat[module + B_SUFFIX] = a, b
-    return flat
+    return join_factor_keys({module: (a, b) for module, (a, b, _) in stacked.items()})
 
 
 @pytest.mark.parametrize("model_fixture", ["embedded_dir", "tiny_gpt2_dir"])

@@ -13,17 +13,16 @@ from client.settings import TrainConfig
 from client.synth import synth_partition
 from client.training import encode, evaluate_loss, train_local
 from strategies.factors import A_SUFFIX, B_SUFFIX
+from tests.helpers import lora_factor_shapes
 
 pytestmark = pytest.mark.gpu
 
 
 def _global_adapter(model_dir: Path, rank: int) -> dict[str, np.ndarray]:
-    model, _ = load_base(str(model_dir), device=torch.device("cpu"))
-    peft_model = attach_lora(model, rank=rank, alpha=rank, target_modules="all-linear", seed=0)
     rng = np.random.default_rng(0)
     return {
-        k: rng.normal(scale=0.05, size=v.shape).astype(np.float32)
-        for k, v in lora_factors(peft_model).items()
+        key: rng.normal(scale=0.05, size=shape).astype(np.float32)
+        for key, shape in lora_factor_shapes(model_dir, rank).items()
     }
 
 
