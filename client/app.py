@@ -109,6 +109,8 @@ def run_train(msg: Message, context: Context) -> RecordDict:
     adapter = ConfigRecord(
         {p.RANK: settings.lora_rank, p.ALPHA: settings.lora_alpha, p.NODE_NAME: settings.name}
     )
+    echo = msg.content.config_records[p.CONFIG].get(p.GLOBAL_FINGERPRINT, "")
+    adapter[p.GLOBAL_FINGERPRINT] = str(echo)  # which global adapter this reply was trained on
     arrays = p.to_record(lora_factors(peft_model))
     return RecordDict({p.ARRAYS: arrays, p.METRICS: metrics, p.ADAPTER: adapter})
 

@@ -10,22 +10,34 @@ from __future__ import annotations
 
 import math
 import random
+import secrets
 import time
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from numpy.typing import NDArray
 
 from strategies import protocol as p
 from strategies.factors import LowRank, join_factor_keys, split_factor_keys
-from strategies.replies import ClientUpdate, Rejected, parse_eval_reply, parse_train_replies
+from strategies.replies import (
+    ClientUpdate,
+    Expectation,
+    Parsed,
+    Rejected,
+    parse_eval_reply,
+    parse_train_replies,
+)
 from strategies.report import RoundReport
+from strategies.rounds import RoundFailedError, RoundPolicy, screen_replies
+from strategies.validation import ReplyLimits, Shapes, fingerprint
 
 GlobalAdapter = dict[str, LowRank]
 
@@ -94,9 +106,26 @@ class LoraStrategy(Strategy):
 
     name = "base"
 
-    def __init__(self, *, federation: Federation, options: AggregationOptions) -> None:
+    def __init__(
+        self,
+        *,
+        federation: Federation,
+        options: AggregationOptions,
+        limits: ReplyLimits | None = None,
+        policy: RoundPolicy | None = None,
+        modules: Shapes | None = None,
+    ) -> None:
         self.federation = federation
         self.options = options
+        self.limits = limits or ReplyLimits()
+        self.policy = policy or RoundPolicy()
+        # The LoRA modules every reply must carry, module -> (out, in), announced by the server
+        # from the base model; None: the global adapter's, and in round 1 the majority's.
+        self.modules = dict(modules) if modules is not None else None
+        # Per run: fingerprints of another run's adapters never match this run's.
+        self.salt = secrets.token_hex(8)
+        # Rounds completed before this process started (resume): Flower's loop counts from 1.
+        self.round_offset = 0
         self.rounds: dict[int, RoundReport] = {}
         self._names: dict[int, str] = {}
         self._global: GlobalAdapter = {}
@@ -104,6 +133,11 @@ class LoraStrategy(Strategy):
         # record to configure_evaluate and the next configure_train, so each is built once.
         self._source: ArrayRecord | None = None
         self._wire: ArrayRecord | None = None
+        # This round's train instructions (Flower's grid sets their message ids when pushing).
+        self._grid: Grid | None = None
+        self._train_config = ConfigRecord()
+        self._sent: list[Message] = []
+        self._fingerprint: tuple[int, str] = (-1, "")
 
     # -- the algorithm ------------------------------------------------------------------------
     @abstractmethod
@@ -120,17 +154,39 @@ class LoraStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._sync_global(arrays)
+        self._grid, self._train_config = grid, config
+        return self._train_messages(server_round + self.round_offset, attempt=0)
+
+    def _train_messages(self, server_round: int, *, attempt: int) -> list[Message]:
+        """Sample this attempt's nodes (seeded by run seed, round, attempt) and instruct them."""
+        assert self._grid is not None, "configure_train sets the grid"
         nodes = wait_for_nodes(
-            grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
+            self._grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
         )
         count = max(
             self.federation.min_nodes, math.ceil(self.federation.fraction_train * len(nodes))
         )
-        chosen = sorted(
-            random.Random(self.federation.seed * 100_003 + server_round).sample(nodes, count)
+        seed = self.federation.seed * 100_003 + server_round + 7_919 * attempt
+        chosen = sorted(random.Random(seed).sample(nodes, count))
+        config = ConfigRecord(
+            {
+                **self._train_config,
+                "server-round": server_round,
+                p.GLOBAL_FINGERPRINT: self.global_fingerprint(server_round),
+            }
         )
-        config = ConfigRecord({**config, "server-round": server_round})
-        return self._messages(server_round, "train", chosen, config)
+        self._sent = self._messages(server_round, "train", chosen, config)
+        return self._sent
+
+    def global_fingerprint(self, server_round: int) -> str:
+        """Fingerprint of the global adapter as sent in ``server_round`` (cached per round)."""
+        if self._fingerprint[0] != server_round:
+            wire = p.from_record(self._wire_record())
+            self._fingerprint = (
+                server_round,
+                fingerprint(wire, salt=self.salt, server_round=server_round),
+            )
+        return self._fingerprint[1]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -139,44 +195,79 @@ class LoraStrategy(Strategy):
         nodes = wait_for_nodes(
             grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
         )
+        server_round += self.round_offset
         config = ConfigRecord({**config, "server-round": server_round})
         return self._messages(server_round, "evaluate", nodes, config)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate, retry a short round up to ``max-round-retries`` times, aggregate.
+
+        Raises :class:`RoundFailedError` when the round still has fewer than ``min-replies``
+        valid replies: the caller stops the run with the last completed round's state.
+        """
+        server_round += self.round_offset
+        parsed = self._parse_round(server_round, replies)
+        for attempt in range(1, self.policy.max_round_retries + 1):
+            if len(parsed.updates) >= self.policy.min_replies:
+                break
+            log(WARNING, "round %d: %d valid replies, `min-replies` is %d: retry %d of %d",
+                server_round, len(parsed.updates), self.policy.min_replies, attempt,
+                self.policy.max_round_retries)  # fmt: skip
+            self.report(server_round).extra["retries"] = attempt
+            assert self._grid is not None, "configure_train sets the grid"
+            messages = self._train_messages(server_round, attempt=attempt)
+            replies = self._grid.send_and_receive(messages, timeout=self.policy.round_timeout_s)
+            parsed = self._parse_round(server_round, replies)
+        if len(parsed.updates) < self.policy.min_replies:
+            raise RoundFailedError(
+                server_round,
+                f"{len(parsed.updates)} valid replies after {self.policy.max_round_retries} "
+                f"retries, `min-replies` is {self.policy.min_replies}; see the refusals in "
+                "metrics.jsonl, fix or start the nodes, then resume the run",
+            )
+        return self._aggregate_updates(server_round, parsed.updates)
+
+    def _parse_round(self, server_round: int, replies: Iterable[Message]) -> Parsed:
+        """Screen and validate one attempt's replies; record every refusal and every update."""
         report = self.report(server_round)
-        expected = {m: (b.shape[0], a.shape[1]) for m, (a, b) in self._global.items()}
-        parsed = parse_train_replies(replies, expected=expected)
-        for bad in parsed.rejected:
+        kept, refused = screen_replies(
+            list(replies), self._sent, timeout_s=self.policy.round_timeout_s
+        )
+        expect = Expectation(
+            limits=self.limits,
+            modules=self.expected_modules(),
+            fingerprint=self.global_fingerprint(server_round),
+        )
+        parsed = parse_train_replies(kept, expect)
+        for bad in [*refused, *parsed.rejected]:
             entry = report.node(bad.node_id, self._label(bad.node_id, bad.name))
             entry.rejected = bad.reason
-            log(
-                WARNING,
-                "round %d: reply from %s not used: %s",
-                server_round,
-                entry.name,
-                bad.reason,
-            )
+            log(WARNING, "round %d: reply from %s not used: %s", server_round, entry.name,
+                bad.reason)  # fmt: skip
         for update in parsed.updates:
             entry = report.node(update.node_id, self._label(update.node_id, update.name))
             entry.rank, entry.num_examples = update.rank, update.num_examples
             entry.train_loss, entry.bytes_up = update.metrics.get(p.TRAIN_LOSS), update.bytes_up
-        if not parsed.updates:
-            log(
-                WARNING,
-                "round %d: no usable replies; the global adapter is unchanged",
-                server_round,
-            )
-            return None, None
-        self._global = self.aggregate(server_round, parsed.updates, self._global)
+            entry.rejected = None
+        return parsed
+
+    def expected_modules(self) -> Shapes:
+        """The announced module set, else the global adapter's (empty before round 1)."""
+        if self.modules is not None:
+            return self.modules
+        return {m: (b.shape[0], a.shape[1]) for m, (a, b) in self._global.items()}
+
+    def _aggregate_updates(
+        self, server_round: int, updates: Sequence[ClientUpdate]
+    ) -> tuple[ArrayRecord, MetricRecord]:
+        report = self.report(server_round)
+        self._global = self.aggregate(server_round, updates, self._global)
         report.aggregated = True
         report.global_rank = max((a.shape[0] for a, _ in self._global.values()), default=0)
-        total = sum(u.num_examples for u in parsed.updates)
-        loss = (
-            sum(u.num_examples * u.metrics.get(p.TRAIN_LOSS, math.nan) for u in parsed.updates)
-            / total
-        )
+        total = sum(u.num_examples for u in updates)
+        loss = sum(u.num_examples * u.metrics.get(p.TRAIN_LOSS, math.nan) for u in updates) / total
         arrays = p.to_record(join_factor_keys(self._global), dtype=np.float64)
         self._source, self._wire = arrays, None
         return arrays, MetricRecord({p.TRAIN_LOSS: loss, p.NUM_EXAMPLES: total})
@@ -184,6 +275,7 @@ class LoraStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        server_round += self.round_offset
         report = self.report(server_round)
         results = []
         for msg in replies:
@@ -216,6 +308,31 @@ class LoraStrategy(Strategy):
             self.federation.fraction_train,
         )
 
+    # -- checkpoint -----------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, NDArray[np.floating]], dict[str, Any]]:
+        """The global adapter (float64, peft key names) and the small state a resume needs.
+
+        Node sampling needs no saved RNG state: it is seeded by (seed, round, attempt) alone.
+        """
+        state = {"salt": self.salt, "names": {str(k): v for k, v in sorted(self._names.items())}}
+        return join_factor_keys(self._global), state
+
+    def load_state_dict(
+        self,
+        arrays: dict[str, NDArray[np.floating]],
+        state: dict[str, Any],
+        *,
+        completed_round: int,
+    ) -> ArrayRecord:
+        """Adopt a checkpoint; returns the record to pass to ``start()`` as its initial arrays."""
+        record = p.to_record(arrays, dtype=np.float64)
+        self._global = self._read_global(record)
+        self._source, self._wire = record, None
+        self.salt = str(state["salt"])
+        self._names = {int(k): str(v) for k, v in dict(state["names"]).items()}
+        self.round_offset = completed_round
+        return record
+
     # -- helpers --------------------------------------------------------------------------------
     def _label(self, node_id: int, name: str) -> str:
         """A node's name as it last reported it (error replies carry none)."""
@@ -237,12 +354,15 @@ class LoraStrategy(Strategy):
             m: (np.asarray(a, np.float64), np.asarray(b, np.float64)) for m, (a, b) in pairs.items()
         }
 
+    def _wire_record(self) -> ArrayRecord:
+        if self._wire is None:
+            self._wire = p.to_record(join_factor_keys(self._global))
+        return self._wire
+
     def _messages(
         self, server_round: int, kind: str, nodes: Sequence[int], config: ConfigRecord
     ) -> list[Message]:
-        if self._wire is None:
-            self._wire = p.to_record(join_factor_keys(self._global))
-        record = self._wire
+        record = self._wire_record()
         size = record.count_bytes()
         report = self.report(server_round)
         messages = []

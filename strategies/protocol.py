@@ -2,7 +2,8 @@
 
 Train instruction: ``arrays`` (the global adapter, fp32, peft key names; empty in round 1) and
 ``config`` (local training hyper-parameters). Train reply: ``arrays`` (only the node's LoRA
-factors), ``metrics`` (``num-examples``, losses) and ``adapter`` (rank, alpha, node name).
+factors), ``metrics`` (``num-examples``, losses) and ``adapter`` (rank, alpha, node name, and
+the instruction's ``global-fingerprint`` echoed back).
 Evaluate reply: ``metrics`` (``eval-loss``, ``num-examples``) and ``adapter`` (node name).
 Metrics in replies are outside any privacy guarantee.
 """
@@ -28,6 +29,9 @@ EVAL_LOSS = "eval-loss"
 RANK = "rank"
 ALPHA = "alpha"
 NODE_NAME = "node-name"
+# The global adapter's fingerprint: in each train instruction's `config`, echoed in the reply's
+# `adapter` record, so a reply computed from another round's or run's adapter is refused.
+GLOBAL_FINGERPRINT = "global-fingerprint"
 
 
 def to_record(

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from flwr.app import Message
 
 from strategies import protocol as p
-from strategies.factors import Factors, LowRank, check_factors, split_factor_keys
+from strategies import validation as v
+from strategies.factors import Factors, LowRank, split_factor_keys
+from strategies.validation import ReplyLimits, Shapes
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,23 @@ def _number(msg: Message, key: str) -> float | None:
     return float(value)
 
 
-def parse_train_reply(msg: Message) -> ClientUpdate | Rejected:
-    """Validate one train reply: LoRA factor pairs only, consistent rank, positive example count."""
+@dataclass(frozen=True)
+class Expectation:
+    """What this round's train replies must match (see :mod:`strategies.validation`).
+
+    ``modules`` maps module -> (out, in): the announced module set, or the global adapter's; empty
+    means "not known yet" and the largest group of replies with one signature wins.
+    ``fingerprint`` is the global adapter's, sent with the instruction; None: not checked.
+    """
+
+    limits: ReplyLimits = field(default_factory=ReplyLimits)
+    modules: Shapes = field(default_factory=dict)
+    fingerprint: str | None = None
+
+
+def parse_train_reply(msg: Message, expect: Expectation | None = None) -> ClientUpdate | Rejected:
+    """Validate one train reply against every rule; all problems found go into one reason."""
+    expect = expect or Expectation()
     node, name = msg.metadata.src_node_id, _name(msg)
     if msg.has_error():
         return Rejected(node, name, f"node error {msg.error.code}: {msg.error.reason}")
@@ -76,63 +93,75 @@ def parse_train_reply(msg: Message) -> ClientUpdate | Rejected:
     if p.ARRAYS not in content.array_records or p.ADAPTER not in content.config_records:
         return Rejected(node, name, f"reply lacks `{p.ARRAYS}` or `{p.ADAPTER}` records")
     record = content.array_records[p.ARRAYS]
-    pairs, problems = split_factor_keys(p.from_record(record))
-    num_examples = _number(msg, p.NUM_EXAMPLES)
-    rank = content.config_records[p.ADAPTER].get(p.RANK)
-    alpha = content.config_records[p.ADAPTER].get(p.ALPHA)
-    if num_examples is None or num_examples < 1 or num_examples != int(num_examples):
-        problems.append(f"`{p.NUM_EXAMPLES}` must be a positive integer")
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+    problems = v.check_size(record.count_bytes(), expect.limits)
+    if problems:
+        return Rejected(node, name, problems[0])
+    try:
+        arrays = p.from_record(record)
+    except Exception as err:  # hostile bytes: whatever numpy raises is a reason, not a crash
+        return Rejected(node, name, f"`{p.ARRAYS}` cannot be decoded: {type(err).__name__}")
+    problems = v.check_dtypes(arrays)
+    pairs, key_problems = split_factor_keys(arrays)
+    problems += key_problems[:3]
+    if expect.modules:
+        problems += v.check_modules(set(pairs), expect.modules)
+    adapter = content.config_records[p.ADAPTER]
+    metrics = content.metric_records.get(p.METRICS)
+    num_examples = None if metrics is None else metrics.get(p.NUM_EXAMPLES)
+    problems += v.check_examples(num_examples, max_examples=expect.limits.max_examples)
+    rank, alpha = adapter.get(p.RANK), adapter.get(p.ALPHA)
+    if not isinstance(rank, int) or isinstance(rank, bool):
         problems.append(f"`{p.RANK}` is {rank!r}: must be an integer >= 1")
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not alpha > 0:
-        problems.append(f"`{p.ALPHA}` is {alpha!r}: must be a number > 0")
-    if not pairs:
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
+        problems.append(f"`{p.ALPHA}` is {alpha!r}: must be a finite number > 0")
+    if expect.fingerprint is not None:
+        problems += v.check_fingerprint(adapter.get(p.GLOBAL_FINGERPRINT), expect.fingerprint)
+    if not pairs and not problems:
         problems.append("reply carries no LoRA factors")
     if problems:
         return Rejected(node, name, "; ".join(problems[:5]))
-    assert isinstance(rank, int) and isinstance(alpha, int | float) and num_examples is not None
-    factors = _with_scaling(pairs, float(alpha) / rank)
-    for module, fac in factors.items():
-        problems.extend(check_factors(module, fac, where="reply"))
-        if fac[0].shape[0] != rank:
-            problems.append(f"module `{module}` has rank {fac[0].shape[0]}, reply says {rank}")
+    assert isinstance(rank, int) and isinstance(alpha, int | float)
+    return _checked_update(msg, pairs, expect, rank=rank, alpha=float(alpha))
+
+
+def _checked_update(
+    msg: Message, pairs: dict[str, LowRank], expect: Expectation, *, rank: int, alpha: float
+) -> ClientUpdate | Rejected:
+    """The numeric rules (shapes, finiteness, norms) on a reply whose records are well formed."""
+    node, name = msg.metadata.src_node_id, _name(msg)
+    problems = v.check_shapes(
+        pairs, expect.modules, rank=rank, max_rank=expect.limits.max_client_rank
+    )
+    problems = problems or v.check_finite(pairs)
+    factors = _with_scaling(pairs, alpha / rank)
+    problems = problems or v.check_norms(factors, ceiling=expect.limits.max_factor_norm)
     if problems:
         return Rejected(node, name, "; ".join(problems[:5]))
     metrics = {
-        k: float(v)
-        for k, v in content.metric_records[p.METRICS].items()
-        if isinstance(v, int | float)
+        k: float(x)
+        for k, x in msg.content.metric_records[p.METRICS].items()
+        if isinstance(x, int | float)
     }
-    return ClientUpdate(node, name, factors, int(num_examples), rank, metrics, record.count_bytes())
+    nbytes = msg.content.array_records[p.ARRAYS].count_bytes()
+    return ClientUpdate(node, name, factors, int(metrics[p.NUM_EXAMPLES]), rank, metrics, nbytes)
 
 
 def _with_scaling(pairs: dict[str, LowRank], scaling: float) -> dict[str, Factors]:
     return {m: (a, b, scaling) for m, (a, b) in pairs.items()}
 
 
-def parse_train_replies(
-    replies: Iterable[Message], *, expected: dict[str, tuple[int, int]]
-) -> Parsed:
-    """Validate all replies and keep those that agree with each other and with ``expected``.
+def parse_train_replies(replies: Iterable[Message], expect: Expectation | None = None) -> Parsed:
+    """Validate all replies and keep those that agree with each other and with ``expect``.
 
-    ``expected`` maps module -> (out, in) of the global adapter (empty in round 1). Among the
-    valid replies the largest group sharing one module signature is kept; the others are
-    rejected with the reason.
+    Among the valid replies the largest group sharing one module signature is kept (it matters
+    only while no module set is known); the others are rejected with the reason.
     """
     parsed = Parsed()
     candidates = []
     for msg in replies:
-        result = parse_train_reply(msg)
+        result = parse_train_reply(msg, expect)
         if isinstance(result, Rejected):
             parsed.rejected.append(result)
-        elif not all(
-            _fits(m, b.shape[0], a.shape[1], expected) for m, (a, b, _) in result.factors.items()
-        ):
-            parsed.rejected.append(
-                Rejected(
-                    result.node_id, result.name, "module shapes differ from the global adapter's"
-                )
-            )
         else:
             candidates.append(result)
     if candidates:
@@ -147,10 +176,6 @@ def parse_train_replies(
                     )
                 )
     return parsed
-
-
-def _fits(module: str, out_dim: int, in_dim: int, expected: dict[str, tuple[int, int]]) -> bool:
-    return module not in expected or expected[module] == (out_dim, in_dim)
 
 
 def parse_eval_reply(msg: Message) -> EvalResult | Rejected:

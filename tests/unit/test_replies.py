@@ -8,7 +8,13 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import protocol as p
-from strategies.replies import ClientUpdate, Rejected, parse_train_replies, parse_train_reply
+from strategies.replies import (
+    ClientUpdate,
+    Expectation,
+    Rejected,
+    parse_train_replies,
+    parse_train_reply,
+)
 
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
 
@@ -50,7 +56,7 @@ def test_a_good_reply_becomes_an_update_with_its_scaling() -> None:
         ({**_factors(), "m.base_layer.weight": np.ones((3, 5))}, {}, "not a LoRA factor"),
         ({"m.lora_A.weight": np.ones((2, 5))}, {}, "lacks its"),
         ({"m.lora_A.weight": np.ones((3, 2)), "m.lora_B.weight": np.ones((2, 5))}, {}, "need A"),
-        (_factors(), {"rank": 4}, "rank 2, reply says 4"),
+        (_factors(), {"rank": 4}, "need A (4, 5) and B (3, 4)"),
         (_factors(), {"n": 0}, "num-examples"),
         (_factors(), {"n": 2.5}, "num-examples"),
         (_factors(), {"alpha": -1.0}, "alpha"),
@@ -79,11 +85,11 @@ def test_the_majority_shape_wins_and_the_odd_node_is_named() -> None:
         _reply(2, _factors(r=3), rank=3),
         _reply(3, _factors(in_dim=6)),
     ]
-    parsed = parse_train_replies(replies, expected={})
+    parsed = parse_train_replies(replies)
     assert [u.node_id for u in parsed.updates] == [1, 2]
     assert [r.node_id for r in parsed.rejected] == [3]
 
 
 def test_replies_must_match_the_global_adapter_shapes() -> None:
-    parsed = parse_train_replies([_reply(1, _factors())], expected={"m": (3, 6)})
-    assert not parsed.updates and "global adapter" in parsed.rejected[0].reason
+    parsed = parse_train_replies([_reply(1, _factors())], Expectation(modules={"m": (3, 6)}))
+    assert not parsed.updates and "need A (2, 6)" in parsed.rejected[0].reason
