@@ -1,0 +1,224 @@
+"""The node admin's commands: join a federation from a token, then run the node.
+
+```
+NODE/
+  node.key, node.pub   the node's EC P-384 key pair (OpenSSH; node.key 0600, never leaves)
+  ca.pem               the federation's CA, pinned by the token at join
+  node.json            name, SuperLink address, CA pin, when it joined
+  state/               the node's own state across runs (privacy ledger)
+  flower/              Flower's home for the SuperNode (installed app bundles)
+```
+Torch-free: ``node start`` runs Flower's SuperNode, whose ClientApp processes load the model.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from client.daemon import StopRequested, bin_dir, daemon_env, raise_on_signals, spawn, stop
+from client.data import read_jsonl
+from client.files import write_json_atomic, write_private
+from client.synth import EVAL_FILE, TRAIN_FILE
+from protos.enrollment.join import enroll
+from protos.enrollment.tokens import parse_token
+
+NODE_JSON = "node.json"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    node_id: int
+    superlink: str
+    ca_pin: str
+    joined_at: str
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class NodeDir:
+    root: Path
+
+    @property
+    def key(self) -> Path:
+        return self.root / "node.key"
+
+    @property
+    def pub(self) -> Path:
+        return self.root / "node.pub"
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def info_path(self) -> Path:
+        return self.root / NODE_JSON
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def flower_home(self) -> Path:
+        return self.root / "flower"
+
+    def load(self) -> NodeInfo:
+        if not self.info_path.is_file():
+            raise FileNotFoundError(
+                f"`--dir` {str(self.root)!r} is not a joined node (no {NODE_JSON}): join first "
+                f"with `fedlora node join TOKEN --dir {self.root}`"
+            )
+        if not self.key.is_file():
+            raise FileNotFoundError(
+                f"`--dir` {str(self.root)!r} has no node key ({self.key.name}): restore it from "
+                "your backup, or join again with a new token into a fresh folder"
+            )
+        return NodeInfo(**json.loads(self.info_path.read_text()))
+
+
+def generate_key(node: NodeDir) -> str:
+    """Create the node's P-384 key pair (private key 0600, OpenSSH); return the public key."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    write_private(node.key, private)
+    node.pub.write_text(public + "\n")
+    return public
+
+
+def join(token_text: str, root: Path, *, insecure: bool = False) -> NodeInfo:
+    """Enroll this node: key pair made here, CA checked against the token's pin."""
+    token = parse_token(token_text)
+    node = NodeDir(root)
+    if node.info_path.is_file():
+        info = json.loads(node.info_path.read_text())
+        raise FileExistsError(
+            f"`--dir` {str(root)!r} already joined a federation as {info.get('name')!r}: use a "
+            "fresh folder for another federation"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    # A key left by an earlier, refused attempt is reused: it never left this machine.
+    public = node.pub.read_text().strip() if node.key.is_file() else generate_key(node)
+    enrolled = enroll(token, public_key=public, insecure=insecure)
+    node.ca.write_bytes(enrolled.ca_pem)
+    info = NodeInfo(
+        name=enrolled.node_name,
+        node_id=enrolled.node_id,
+        superlink=enrolled.superlink_address,
+        ca_pin=token.ca_pin,
+        joined_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        insecure=insecure,
+    )
+    write_json_atomic(node.info_path, asdict(info))
+    node.state.mkdir(exist_ok=True)
+    return info
+
+
+def check_data(data: Path) -> None:
+    """The node's data folder must hold readable train.jsonl and eval.jsonl before connecting."""
+    if not data.is_dir():
+        raise FileNotFoundError(
+            f"`--data` {str(data)!r} is not a folder: give a folder with {TRAIN_FILE} and "
+            f"{EVAL_FILE} (`fedlora data synth --out DIR` writes an example)"
+        )
+    for name in (TRAIN_FILE, EVAL_FILE):
+        if not (data / name).is_file():
+            raise FileNotFoundError(
+                f"`--data` {str(data)!r} has no {name}: put the node's records there as JSONL"
+            )
+        read_jsonl(data / name)  # a malformed line is named now, not mid-round
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_config(node: NodeDir, info: NodeInfo, *, data: Path, rank: int | None, device: str) -> str:
+    """The SuperNode's ``--node-config``: what the ClientApp reads as this node's settings."""
+    pairs: dict[str, str | int] = {
+        "data-path": str(data.resolve()),
+        "node-name": info.name,
+        "state-dir": str(node.state.resolve()),
+        "device": device,
+    }
+    if rank is not None:
+        pairs["lora-rank"] = rank
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in pairs.items())
+
+
+def supernode_argv(node: NodeDir, info: NodeInfo, *, config: str, port: int) -> list[str]:
+    argv = [
+        str(bin_dir() / "flower-supernode"),
+        "--superlink",
+        info.superlink,
+        "--node-config",
+        config,
+        "--port",
+        str(port),
+    ]
+    if info.insecure:
+        return [*argv, "--insecure"]
+    return [
+        *argv,
+        "--root-certificates",
+        str(node.ca),
+        "--auth-supernode-private-key",
+        str(node.key),
+    ]
+
+
+def start(
+    root: Path,
+    *,
+    data: Path,
+    rank: int | None = None,
+    device: str = "auto",
+    port: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Run Flower's SuperNode for this node until SIGINT/SIGTERM (reconnecting as needed)."""
+    node = NodeDir(root)
+    info = node.load()
+    check_data(data)
+    if rank is not None and rank < 1:
+        raise ValueError(f"`--rank` is {rank}: use an integer >= 1")
+    if info.insecure:
+        echo("[fedlora] WARNING: --insecure node: traffic is PLAINTEXT and unauthenticated")
+    node.state.mkdir(exist_ok=True)
+    node.flower_home.mkdir(exist_ok=True)
+    config = node_config(node, info, data=data, rank=rank, device=device)
+    argv = supernode_argv(node, info, config=config, port=port or free_port())
+    raise_on_signals()
+    env = daemon_env({"FLWR_HOME": str(node.flower_home)})
+    echo(f"[fedlora] node {info.name}: connecting to {info.superlink} (Ctrl-C to stop)")
+    proc = spawn(argv, env=env)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+        echo(f"[fedlora] error: the SuperNode exited with code {proc.returncode}")
+        return 1
+    except StopRequested as sig:
+        echo(f"[fedlora] {sig}: stopping node {info.name}")
+        return 0
+    finally:
+        stop(proc)

@@ -1,0 +1,104 @@
+"""Flower's own node authentication and run status, through the SuperLink's Control API.
+
+fedlora never keeps a second list of who may connect: keys are registered, listed and
+unregistered with ``RegisterNode`` / ``ListNodes`` / ``UnregisterNode`` on the SuperLink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.proto.control_pb2 import (  # type: ignore[attr-defined]
+    ListNodesRequest,
+    ListRunsRequest,
+    RegisterNodeRequest,
+    UnregisterNodeRequest,
+)
+from flwr.supercore.control import ControlHttpClient
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+
+@dataclass(frozen=True)
+class ControlAddress:
+    """How to reach the SuperLink's Control API (loopback, TLS with the federation's CA)."""
+
+    address: str
+    ca_cert: Path | None  # None: plaintext (`--insecure`)
+
+
+@dataclass(frozen=True)
+class FlowerNode:
+    node_id: int
+    name: str
+    status: str  # Flower's: registered, online, offline, unregistered
+
+
+def load_node_public_key(openssh: str) -> ec.EllipticCurvePublicKey:
+    """Parse an OpenSSH ``ecdsa-sha2-nistp384`` public key; raise naming the problem."""
+    try:
+        key = serialization.load_ssh_public_key(openssh.strip().encode())
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"the node's public key is not an OpenSSH public key ({err})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        raise ValueError("the node's public key must be EC P-384 (ecdsa-sha2-nistp384)")
+    return key
+
+
+@contextmanager
+def control_client(control: ControlAddress) -> Iterator[ControlHttpClient]:
+    root = control.ca_cert.read_bytes() if control.ca_cert is not None else None
+    client = ControlHttpClient.from_server_address(
+        server_address=control.address,
+        insecure=control.ca_cert is None,
+        root_certificates=root,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="fedlora")],
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def register_node(control: ControlAddress, *, name: str, public_key: str) -> int:
+    """Register an OpenSSH public key with the SuperLink; return Flower's node id."""
+    pem = load_node_public_key(public_key).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with control_client(control) as client:
+        response = client.RegisterNode(RegisterNodeRequest(public_key=pem, name=name))
+    if not response.node_id:
+        raise RuntimeError("the SuperLink did not register the key")
+    return int(response.node_id)
+
+
+def unregister_node(control: ControlAddress, node_id: int) -> None:
+    with control_client(control) as client:
+        client.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
+
+
+def list_nodes(control: ControlAddress) -> list[FlowerNode]:
+    with control_client(control) as client:
+        response = client.ListNodes(ListNodesRequest())
+    return [FlowerNode(int(n.node_id), str(n.name), str(n.status)) for n in response.nodes_info]
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    status: str  # pending, starting, running, finished
+    sub_status: str  # completed, failed, stopped (when finished)
+    details: str
+
+
+def run_status(control: ControlAddress, run_id: int) -> RunStatus:
+    """The SuperLink's view of one run."""
+    with control_client(control) as client:
+        response = client.ListRuns(ListRunsRequest(run_id=run_id))
+    if run_id not in response.run_dict:
+        raise LookupError(f"the SuperLink knows no run {run_id}")
+    status = response.run_dict[run_id].status
+    return RunStatus(str(status.status), str(status.sub_status), str(status.details))
