@@ -16,20 +16,24 @@ from flwr.clientapp import ClientApp
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from client.data import load_node_texts
-from client.model import (
-    attach_lora,
-    load_base,
-    lora_factors,
-    merge_global_adapter,
-    pick_device,
+from client.ledger import LedgerError
+from client.model import attach_lora, load_base, merge_global_adapter, pick_device
+from client.privacy_node import (
+    BudgetExceededError,
+    PrivacyRound,
+    begin_round,
+    commit,
+    reply_fields,
+    train_private,
 )
 from client.settings import NodeSettings, SettingsError, TrainConfig, node_settings
-from client.training import encode, evaluate_loss, train_local
+from client.training import encode, evaluate_loss
 from strategies import protocol as p
 
 app = ClientApp()
 
 ERROR_BAD_INPUT = 400
+ERROR_PRIVACY = 403  # the node declines: privacy budget spent, or its ledger needs a person
 
 
 def derive_seed(seed: int, server_round: int, node: str) -> int:
@@ -54,6 +58,8 @@ def _reply_or_error(
             content = handler(msg, context)
         except (SettingsError, ValueError, FileNotFoundError) as err:
             return Message(Error(code=ERROR_BAD_INPUT, reason=str(err)), reply_to=msg)
+        except (BudgetExceededError, LedgerError) as err:
+            return Message(Error(code=ERROR_PRIVACY, reason=str(err)), reply_to=msg)
         return Message(content, reply_to=msg)
 
     wrapped.__name__ = handler.__name__
@@ -87,23 +93,34 @@ def run_train(msg: Message, context: Context) -> RecordDict:
     """Merge the global adapter, train a fresh LoRA of the node's rank, return only its factors."""
     job = _prepare(msg, context)
     settings, config = job.settings, job.config
+    train_texts, _ = load_node_texts(settings)
+    plan = begin_round(  # privacy settings, ledger and budget guard: before any training
+        context.node_config,
+        context.run_config,
+        node_name=settings.name,
+        texts=train_texts,
+        train=config,
+    )
     seed = derive_seed(config.seed, config.server_round, settings.name)
     peft_model = attach_lora(
         job.model,
         rank=settings.lora_rank,
         alpha=settings.lora_alpha,
         target_modules=settings.target_modules,
-        seed=seed,
+        seed=_lora_init_seed(plan, config, seed),
     )
-    train_texts, _ = load_node_texts(settings)
     rows = encode(train_texts, job.tokenizer, max_length=config.max_length)
-    result = train_local(peft_model, rows, config, pad_id=job.tokenizer.pad_token_id, seed=seed)
+    pad_id = job.tokenizer.pad_token_id
+    result, factors = train_private(plan, peft_model, rows, config, pad_id=pad_id, seed=seed)
+    ledger = commit(plan, server_round=config.server_round) if plan else None
+    dp_metrics, dp_config = reply_fields(plan.settings.mode if plan else "none", ledger)
     metrics = MetricRecord(
         {
             p.NUM_EXAMPLES: result.num_examples,
             p.TRAIN_LOSS: result.loss_mean,
             p.TRAIN_LOSS_FIRST: result.loss_first,
             p.TRAIN_SECONDS: result.seconds,
+            **dp_metrics,
         }
     )
     adapter = ConfigRecord(
@@ -111,8 +128,19 @@ def run_train(msg: Message, context: Context) -> RecordDict:
     )
     echo = msg.content.config_records[p.CONFIG].get(p.GLOBAL_FINGERPRINT, "")
     adapter[p.GLOBAL_FINGERPRINT] = str(echo)  # which global adapter this reply was trained on
-    arrays = p.to_record(lora_factors(peft_model))
-    return RecordDict({p.ARRAYS: arrays, p.METRICS: metrics, p.ADAPTER: adapter})
+    arrays = p.to_record(factors)
+    privacy = ConfigRecord(dp_config)
+    return RecordDict(
+        {p.ARRAYS: arrays, p.METRICS: metrics, p.ADAPTER: adapter, p.PRIVACY: privacy}
+    )
+
+
+def _lora_init_seed(plan: PrivacyRound | None, config: TrainConfig, node_seed: int) -> int:
+    """dp-lora: A is public, so its init seed depends on the run seed and round only (shared by
+    all nodes); otherwise the node's own seed."""
+    if plan is not None and plan.settings.mode == "dp-lora":
+        return derive_seed(config.seed, config.server_round, "dp-lora-public-A")
+    return node_seed
 
 
 def run_evaluate(msg: Message, context: Context) -> RecordDict:

@@ -38,6 +38,13 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "server-eval-data": "",
     "synth-train-examples": 256,
     "synth-eval-examples": 64,
+    # Privacy on the node (client/privacy_settings.py); a node's config may only tighten these.
+    "privacy": "none",
+    "dp-noise-multiplier": 0.0,
+    "dp-target-epsilon": 0.0,
+    "dp-delta": 1e-5,
+    "dp-clip-norm": 1.0,
+    "dp-max-epsilon": 0.0,
 }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from client.privacy_settings import PrivacySettings, run_privacy
 from client.settings import (
     DEFAULT_RUN_CONFIG,
     ConfigValue,
@@ -35,6 +36,8 @@ class ServerSettings:
     round_timeout_s: float
     run_dir: Path
     server_eval_data: Path | None
+    # What the run suggests to the nodes; each node may only tighten it (client/privacy_settings).
+    privacy: PrivacySettings
 
 
 KNOWN_KEYS = frozenset(DEFAULT_RUN_CONFIG)
@@ -119,6 +122,7 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
             f"`server-eval-data` is {eval_data!r}, which is not a file: "
             "give a JSONL file the server holds, or leave it empty"
         )
+    privacy = r.build(run_privacy, run_config=r.config) or PrivacySettings()
     if r.problems or train is None or federation is None or aggregation is None:
         raise SettingsError(r.problems)
     return ServerSettings(
@@ -134,4 +138,5 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         # Absolute: Flower's detached SuperLink runs apps in the folder it was first started from.
         run_dir=Path(r.get("run-dir", str, "a folder path")).expanduser().resolve(),
         server_eval_data=Path(eval_data).expanduser().resolve() if eval_data else None,
+        privacy=privacy,
     )

@@ -25,6 +25,17 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 TRAIN_LOSS_FIRST = "train-loss-first"
 TRAIN_SECONDS = "train-seconds"
+# Privacy figures in a train reply (client/privacy_node.py): in `metrics` the node's cumulative
+# ledger (ε at δ, this round's σ and q, steps so far); in the `privacy` config record its mode
+# and, once σ or q has changed, the whole history flattened as [σ, q, steps, σ, q, steps, ...].
+PRIVACY = "privacy"
+DP_MODE = "dp-mode"
+DP_EPSILON = "dp-epsilon"
+DP_DELTA = "dp-delta"
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
+DP_SAMPLE_RATE = "dp-sample-rate"
+DP_STEPS = "dp-steps"
+DP_HISTORY = "dp-history"
 EVAL_LOSS = "eval-loss"
 RANK = "rank"
 ALPHA = "alpha"

@@ -1,0 +1,71 @@
+"""DP-LoRA's Gaussian mechanism: clipping, the noise scale, and ΔW linear in the noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client.dp_noise import (
+    SENSITIVITY_PER_CLIP,
+    clip_total_norm,
+    dp_lora_release,
+    total_norm,
+)
+
+
+def _factors(scale: float, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {f"m{i}.lora_B.weight": scale * rng.normal(size=(64, 4)) for i in range(3)}
+
+
+def test_joint_norm_is_clipped_to_c_and_small_updates_pass_unchanged() -> None:
+    big = _factors(5.0)
+    clipped = clip_total_norm(big, max_norm=2.0)
+    assert total_norm(clipped) == pytest.approx(2.0)
+    direction = np.concatenate([v.ravel() for v in big.values()])
+    kept = np.concatenate([clipped[k].ravel() for k in big])
+    assert np.allclose(kept / np.linalg.norm(kept), direction / np.linalg.norm(direction))
+    small = _factors(1e-3)
+    assert total_norm(small) < 2.0
+    assert all(np.array_equal(clip_total_norm(small, max_norm=2.0)[k], small[k]) for k in small)
+
+
+def test_noise_std_matches_sigma_times_two_c_with_a_fixed_seed() -> None:
+    zero = {f"m{i}.lora_B.weight": np.zeros((256, 16)) for i in range(4)}
+    sigma, clip = 0.7, 1.5
+    noised, norm = dp_lora_release(
+        zero, clip_norm=clip, noise_multiplier=sigma, rng=np.random.default_rng(3)
+    )
+    assert norm == 0.0
+    values = np.concatenate([v.ravel() for v in noised.values()]).astype(np.float64)
+    expected = sigma * SENSITIVITY_PER_CLIP * clip
+    assert SENSITIVITY_PER_CLIP == 2.0  # replace-one of a node's whole data set
+    assert values.std() == pytest.approx(expected, rel=0.02)  # 16384 draws
+    assert abs(values.mean()) < 0.05 * expected
+
+
+def test_delta_w_is_linear_in_the_noise() -> None:
+    """With A fixed, s·(B + N)·A = s·B·A + s·N·A: doubling σ doubles the deviation exactly."""
+    b = _factors(5.0)
+    a = {k.replace("lora_B", "lora_A"): np.random.default_rng(9).normal(size=(4, 32)) for k in b}
+    clipped = clip_total_norm(b, max_norm=1.0)
+
+    def deviation(sigma: float) -> dict[str, np.ndarray]:
+        noised, _ = dp_lora_release(
+            b, clip_norm=1.0, noise_multiplier=sigma, rng=np.random.default_rng(5)
+        )
+        return {
+            k: noised[k].astype(np.float64) @ a[k.replace("lora_B", "lora_A")]
+            - clipped[k] @ a[k.replace("lora_B", "lora_A")]
+            for k in b
+        }
+
+    one, two = deviation(0.5), deviation(1.0)
+    for key in b:
+        assert np.allclose(two[key], 2.0 * one[key], atol=1e-5)
+    assert all(np.allclose(v, 0.0, atol=1e-6) for v in deviation(0.0).values())
+
+
+def test_a_non_positive_clip_is_refused() -> None:
+    with pytest.raises(ValueError, match="`dp-clip-norm`"):
+        clip_total_norm(_factors(1.0), max_norm=0.0)
