@@ -45,6 +45,14 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "dp-delta": 1e-5,
     "dp-clip-norm": 1.0,
     "dp-max-epsilon": 0.0,
+    # Reliability (README "Reliability"): limits on train replies, the round policy, resume.
+    "max-client-rank": 256,
+    "max-factor-norm": 10000.0,
+    "max-examples": 10000000,
+    "max-reply-mb": 1024.0,
+    "min-replies": 1,
+    "max-round-retries": 2,
+    "resume-from": "",
 }
 
 

@@ -40,7 +40,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     overrides: dict[str, ConfigValue] = dict(args.config or [])
     for key, value in (("num-server-rounds", args.rounds), ("lora-ranks", args.ranks),
-                       ("run-dir", args.run_dir), ("base-model", args.base_model)):  # fmt: skip
+                       ("run-dir", args.run_dir), ("base-model", args.base_model),
+                       ("resume-from", args.resume)):  # fmt: skip
         if value is not None:
             overrides[key] = value
     nodes, node_configs = args.nodes, None
@@ -57,7 +58,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         num_nodes=nodes, run_config=overrides, node_configs=node_configs, verbose=args.verbose
     )
     print(f"[fedlora] metrics: {outcome.run_dir / 'metrics.jsonl'}")
-    return 0
+    return 0 if outcome.stopped is None else 1
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--ranks", help='LoRA rank per node, cycled (default "4,8,16")')
     sim.add_argument("--base-model", help="model folder or hub id (default: the embedded model)")
     sim.add_argument("--run-dir", help="where run folders go (default ./runs)")
+    sim.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run folder from its last completed round (its settings are reused; "
+        "raise --rounds to run more)",
+    )
     sim.add_argument(
         "--config",
         type=parse_override,

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from server.checkpoint import base_model_identity
 from server.export import ADAPTER_DIR, export_adapter
-from server.runlog import RunLog, new_run_dir
+from server.modules import announced_modules
+from server.resume import Resumable, start_or_resume
+from server.runlog import RunLog
 from server.settings import ServerSettings
 from strategies import protocol as p
 from strategies.base import LoraStrategy
 from strategies.registry import strategy_class
+from strategies.rounds import RoundFailedError
 
 
 @dataclass(frozen=True)
@@ -24,67 +27,107 @@ class RunOutcome:
     run_dir: Path
     adapter_dir: Path | None
     records: list[dict[str, Any]]
+    # Why the run stopped early (a round failed after its retries), or None: it ran to the end.
+    stopped: str | None = None
 
 
 def build_strategy(settings: ServerSettings) -> LoraStrategy:
     cls = strategy_class(settings.strategy)
-    return cls(federation=settings.federation, options=settings.aggregation)
-
-
-def _settings_json(settings: ServerSettings) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(settings), default=str))  # type: ignore[no-any-return]
+    return cls(
+        federation=settings.federation,
+        options=settings.aggregation,
+        limits=settings.limits,
+        policy=settings.policy,
+        modules=announced_modules(settings.base_model, settings.target_modules),
+    )
 
 
 def run_federation(
     grid: Grid, settings: ServerSettings, *, echo: Callable[[str], None] = print
 ) -> RunOutcome:
-    """Evaluate the base model at every node, run the rounds, export the global adapter."""
-    run_dir = new_run_dir(settings.run_dir)
-    (run_dir / "settings.json").write_text(json.dumps(_settings_json(settings), indent=2))
-    echo(f"[fedlora] run folder {run_dir}")
+    """Evaluate the base model at every node, run the rounds, export the global adapter.
+
+    With ``resume-from`` set, continue that run folder from its checkpoint instead. A round that
+    fails after its retries stops the run cleanly: the last completed round stays checkpointed.
+    """
     strategy = build_strategy(settings)
-    runlog = RunLog(run_dir, settings.num_rounds, echo=echo)
+    run = start_or_resume(settings, strategy, base_model=base_model_identity(settings.base_model))
+    runlog = RunLog(run.run_dir, settings.num_rounds, echo=echo, records=run.records)
+    echo(f"[fedlora] run folder {run.run_dir}" + (f" (resumed after round {run.completed})"
+                                                  if run.resumed else ""))  # fmt: skip
     train_config = ConfigRecord(dict[str, Any](settings.train.to_config()))
     eval_config = ConfigRecord({"max-length": settings.train.max_length})
+    round_end = _round_end(settings, strategy, runlog, run)
+    if not run.resumed:
+        replies = grid.send_and_receive(
+            strategy.configure_evaluate(0, run.initial, eval_config, grid),
+            timeout=settings.round_timeout_s,
+        )
+        strategy.aggregate_evaluate(0, replies)
+    stopped = None
+    try:
+        strategy.start(
+            grid,
+            run.initial,
+            num_rounds=settings.num_rounds - run.completed,
+            timeout=settings.round_timeout_s,
+            train_config=train_config,
+            evaluate_config=eval_config,
+            evaluate_fn=round_end,
+        )
+    except RoundFailedError as err:
+        stopped = str(err)
+        runlog.write({**strategy.report(err.server_round).to_json(), "stopped": err.reason})
+        echo(f"[fedlora] stopped: {stopped}; resume with `resume-from` = {run.run_dir}")
+    return _finish(settings, strategy, runlog, run.run_dir, stopped=stopped, echo=echo)
+
+
+def _round_end(
+    settings: ServerSettings, strategy: LoraStrategy, runlog: RunLog, run: Resumable
+) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+    """Flower's end-of-round hook: server-side evaluation, metrics.jsonl, the checkpoint."""
     server_eval = _server_evaluator(settings)
 
-    def round_end(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def round_end(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if flower_round == 0 and run.resumed:
+            return None  # resumed: the checkpointed round is recorded already
+        server_round = flower_round + strategy.round_offset
         report = strategy.report(server_round)
         metrics = server_eval(arrays) if server_eval else None
         if metrics is not None:
             report.extra["server_eval_loss"] = float(metrics[p.EVAL_LOSS])  # type: ignore[arg-type]
         runlog.write(report.to_json())
+        run.save(strategy, server_round, runlog.records)
         return metrics
 
-    initial = ArrayRecord()
-    replies = grid.send_and_receive(
-        strategy.configure_evaluate(0, initial, eval_config, grid), timeout=settings.round_timeout_s
-    )
-    strategy.aggregate_evaluate(0, replies)
-    result = strategy.start(
-        grid,
-        initial,
-        num_rounds=settings.num_rounds,
-        timeout=settings.round_timeout_s,
-        train_config=train_config,
-        evaluate_config=eval_config,
-        evaluate_fn=round_end,
-    )
+    return round_end
+
+
+def _finish(
+    settings: ServerSettings,
+    strategy: LoraStrategy,
+    runlog: RunLog,
+    run_dir: Path,
+    *,
+    stopped: str | None,
+    echo: Callable[[str], None],
+) -> RunOutcome:
+    completed = [r for r in runlog.records if "stopped" not in r]
     provenance = {
         "strategy": settings.strategy,
-        "rounds": settings.num_rounds,
-        "global_rank": runlog.records[-1].get("global_rank", 0) if runlog.records else 0,
+        "rounds": completed[-1]["round"] if completed else 0,
+        "global_rank": completed[-1].get("global_rank", 0) if completed else 0,
         "base_model": settings.base_model or "embedded",
     }
     adapter_dir = export_adapter(
-        p.from_record(result.arrays),
+        strategy.state_dict()[0],
         base_model=settings.base_model,
         out_dir=run_dir / ADAPTER_DIR,
         provenance=provenance,
     )
     echo(runlog.summary_table())
     echo(f"[fedlora] adapter: {adapter_dir or '(none: no round was aggregated)'}")
-    return RunOutcome(run_dir, adapter_dir, runlog.records)
+    return RunOutcome(run_dir, adapter_dir, runlog.records, stopped=stopped)
 
 
 def _server_evaluator(settings: ServerSettings) -> Callable[[ArrayRecord], MetricRecord] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,8 +15,11 @@ from client.settings import (
     TrainConfig,
     parse_ranks,
 )
+from server.checkpoint import CHECKPOINT_FILE
 from strategies.base import AggregationOptions, Federation
 from strategies.registry import STRATEGIES
+from strategies.rounds import RoundPolicy
+from strategies.validation import ReplyLimits
 
 T = TypeVar("T")
 
@@ -38,6 +41,12 @@ class ServerSettings:
     server_eval_data: Path | None
     # What the run suggests to the nodes; each node may only tighten it (client/privacy_settings).
     privacy: PrivacySettings
+    limits: ReplyLimits = field(default_factory=ReplyLimits)
+    policy: RoundPolicy = field(default_factory=RoundPolicy)
+    # A run folder to continue from its checkpoint (server/checkpoint.py), or None.
+    resume_from: Path | None = None
+    # The whole run config (defaults filled in): what a checkpoint compares on resume.
+    run_config: Mapping[str, ConfigValue] = field(default_factory=dict)
 
 
 KNOWN_KEYS = frozenset(DEFAULT_RUN_CONFIG)
@@ -122,9 +131,11 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
             f"`server-eval-data` is {eval_data!r}, which is not a file: "
             "give a JSONL file the server holds, or leave it empty"
         )
+    limits, policy, resume_from = _reliability(r, timeout)
     privacy = r.build(run_privacy, run_config=r.config) or PrivacySettings()
     if r.problems or train is None or federation is None or aggregation is None:
         raise SettingsError(r.problems)
+    assert limits is not None and policy is not None
     return ServerSettings(
         num_rounds=rounds,
         strategy=name,
@@ -139,4 +150,37 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         run_dir=Path(r.get("run-dir", str, "a folder path")).expanduser().resolve(),
         server_eval_data=Path(eval_data).expanduser().resolve() if eval_data else None,
         privacy=privacy,
+        limits=limits,
+        policy=policy,
+        resume_from=resume_from,
+        run_config=dict(r.config),
     )
+
+
+def _reliability(
+    r: _Reader, timeout: float
+) -> tuple[ReplyLimits | None, RoundPolicy | None, Path | None]:
+    """Reply limits, round policy and the run folder to resume (README "Reliability")."""
+    limits = r.build(
+        ReplyLimits,
+        max_client_rank=r.get("max-client-rank", int, "use an integer >= 1"),
+        max_factor_norm=r.get("max-factor-norm", float, "use a number > 0"),
+        max_examples=r.get("max-examples", int, "use an integer >= 1"),
+        max_reply_mb=r.get("max-reply-mb", float, "use megabytes > 0"),
+    )
+    policy = r.build(
+        RoundPolicy,
+        min_replies=r.get("min-replies", int, "use an integer >= 1"),
+        max_round_retries=r.get("max-round-retries", int, "use an integer >= 0"),
+        round_timeout_s=timeout if timeout > 0 else 1.0,  # a bad timeout is reported above
+    )
+    resume = r.get("resume-from", str, "a run folder path or empty")
+    if not resume:
+        return limits, policy, None
+    path = Path(resume).expanduser().resolve()
+    if not (path / CHECKPOINT_FILE).is_file():
+        r.problems.append(
+            f"`resume-from` is {resume!r}, which holds no {CHECKPOINT_FILE}: give the run folder "
+            "of an earlier run (it is written after each completed round), or leave it empty"
+        )
+    return limits, policy, path

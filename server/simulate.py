@@ -11,6 +11,7 @@ from flwr.app import Message
 from flwr.clientapp import ClientApp
 
 from client.settings import DEFAULT_RUN_CONFIG, ConfigValue
+from server.checkpoint import saved_run_config
 from server.federation import RunOutcome, run_federation
 from server.inprocess import InProcessGrid, node_contexts
 from server.settings import server_settings
@@ -28,13 +29,15 @@ def simulate(
 ) -> RunOutcome:
     """Run a whole federation in-process; returns the run folder, adapter folder and records.
 
-    ``run_config`` overrides the defaults (``DEFAULT_RUN_CONFIG``); node ``i`` gets
+    ``run_config`` overrides the defaults (``DEFAULT_RUN_CONFIG``), or, with ``resume-from``, the
+    settings saved in that run's checkpoint; node ``i`` gets
     ``partition-id = i`` (its synthetic institution) unless ``node_configs`` says otherwise.
     """
     if num_nodes < 1:
         raise ValueError(f"`--nodes` is {num_nodes}: use an integer >= 1")
-    config = {**DEFAULT_RUN_CONFIG, **(run_config or {})}
-    if "min-nodes" not in (run_config or {}):
+    given = {**saved_run_config(run_config or {}), **(run_config or {})}
+    config = {**DEFAULT_RUN_CONFIG, **given}
+    if "min-nodes" not in given:
         config["min-nodes"] = min(num_nodes, int(DEFAULT_RUN_CONFIG["min-nodes"]))
     settings = server_settings(config)
     nodes: list[dict[str, ConfigValue]] = [
