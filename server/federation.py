@@ -17,7 +17,7 @@ from server.resume import Resumable, start_or_resume
 from server.runlog import RunLog
 from server.settings import ServerSettings
 from strategies import protocol as p
-from strategies.base import LoraStrategy
+from strategies.base import LoraStrategy, NotEnoughNodesError
 from strategies.registry import strategy_class
 from strategies.rounds import RoundFailedError
 
@@ -58,14 +58,14 @@ def run_federation(
     train_config = ConfigRecord(dict[str, Any](settings.train.to_config()))
     eval_config = ConfigRecord({"max-length": settings.train.max_length})
     round_end = _round_end(settings, strategy, runlog, run)
-    if not run.resumed:
-        replies = grid.send_and_receive(
-            strategy.configure_evaluate(0, run.initial, eval_config, grid),
-            timeout=settings.round_timeout_s,
-        )
-        strategy.aggregate_evaluate(0, replies)
     stopped = None
     try:
+        if not run.resumed:
+            replies = grid.send_and_receive(
+                strategy.configure_evaluate(0, run.initial, eval_config, grid),
+                timeout=settings.round_timeout_s,
+            )
+            strategy.aggregate_evaluate(0, replies)
         strategy.start(
             grid,
             run.initial,
@@ -75,11 +75,22 @@ def run_federation(
             evaluate_config=eval_config,
             evaluate_fn=round_end,
         )
-    except RoundFailedError as err:
+    except (RoundFailedError, NotEnoughNodesError) as err:
         stopped = str(err)
-        runlog.write({**strategy.report(err.server_round).to_json(), "stopped": err.reason})
+        _record_stop(strategy, runlog, err)
         echo(f"[fedlora] stopped: {stopped}; resume with `resume-from` = {run.run_dir}")
     return _finish(settings, strategy, runlog, run.run_dir, stopped=stopped, echo=echo)
+
+
+def _record_stop(
+    strategy: LoraStrategy, runlog: RunLog, err: RoundFailedError | NotEnoughNodesError
+) -> None:
+    """The failed round's record, with the reason, after the last completed one."""
+    if isinstance(err, RoundFailedError):
+        runlog.write({**strategy.report(err.server_round).to_json(), "stopped": err.reason})
+    else:
+        done = runlog.records[-1]["round"] + 1 if runlog.records else 0
+        runlog.write({"round": done, "aggregated": False, "nodes": {}, "stopped": str(err)})
 
 
 def _round_end(

@@ -89,3 +89,10 @@ def test_a_round_short_of_min_replies_is_retried_then_stops_cleanly(tmp_path) ->
     last = json.loads((outcome.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["round"] == 1 and "stopped" in last and last["retries"] == 1
     assert load_checkpoint(outcome.run_dir).round == 0  # the last good state
+
+
+def test_a_node_that_never_comes_up_stops_the_run_within_node_wait_s(tmp_path) -> None:
+    config = _config(tmp_path, **{"min-nodes": 4, "node-wait-s": 0.5})
+    outcome = simulate(num_nodes=3, run_config=config, **QUIET)
+    assert outcome.stopped is not None and "`min-nodes` is 4" in outcome.stopped
+    assert read_metrics(outcome.run_dir)[-1]["stopped"] == outcome.stopped
