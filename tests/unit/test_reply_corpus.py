@@ -218,3 +218,26 @@ def test_odd_example_counts_are_refused(value: object) -> None:
     replies = [_reply(sent[n]) for n in GOOD] + [_reply(sent[2100], **{p.NUM_EXAMPLES: value})]
     strategy.aggregate_train(1, replies)
     assert "`num-examples`" in (strategy.report(1).nodes[2100].rejected or "")
+
+
+class _AnsweringGrid(InProcessGrid):
+    """Answers every re-sent instruction with a good reply (the retry of a short round)."""
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        self.push_messages(messages)
+        return [_reply(m) for m in messages]
+
+
+def test_a_short_round_is_retried_and_then_aggregated() -> None:
+    from strategies.rounds import RoundPolicy
+
+    strategy = FLoRA(federation=Federation(min_nodes=1), options=AggregationOptions(),
+                     limits=LIMITS, modules=MODULES, policy=RoundPolicy(min_replies=3))  # fmt: skip
+    grid = _AnsweringGrid(ClientApp(), node_contexts([{}, {}, {}], {}))
+    sent = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
+    grid.push_messages(sent)
+    arrays, _ = strategy.aggregate_train(1, [_reply(sent[0]), _reply(sent[0])])
+    report = strategy.report(1)
+    assert arrays is not None and report.aggregated and report.extra["retries"] == 1
+    assert all(entry.rejected is None and entry.rank == 2 for entry in report.nodes.values())
