@@ -335,10 +335,21 @@ class LoraStrategy(Strategy):
 
     # -- helpers --------------------------------------------------------------------------------
     def _label(self, node_id: int, name: str) -> str:
-        """A node's name as it last reported it (error replies carry none)."""
-        if name:
+        """A node's name as it last reported it (error replies carry none).
+
+        Names key ``metrics.jsonl``, so each stays unique: a name another node holds is not taken
+        over, and the claimant is labelled by its id instead.
+        """
+        name = name[:64]
+        taken = {n for other, n in self._names.items() if other != node_id}
+        if name and name not in taken:
             self._names[node_id] = name
-        return self._names.get(node_id, f"node-{node_id}")
+        elif node_id not in self._names:
+            label = f"node-{node_id}"
+            while label in taken:
+                label += "'"
+            self._names[node_id] = label
+        return self._names[node_id]
 
     def _sync_global(self, arrays: ArrayRecord) -> None:
         """Adopt ``arrays`` as the global adapter unless it is the record we already hold."""

@@ -241,3 +241,13 @@ def test_a_short_round_is_retried_and_then_aggregated() -> None:
     report = strategy.report(1)
     assert arrays is not None and report.aggregated and report.extra["retries"] == 1
     assert all(entry.rejected is None and entry.rank == 2 for entry in report.nodes.values())
+
+
+def test_a_node_claiming_another_nodes_name_cannot_overwrite_its_record() -> None:
+    strategy, sent = _round([*GOOD, 2200], salt="s")
+    replies = [_reply(sent[n]) for n in GOOD]
+    replies.append(_reply(sent[2200], **{p.NODE_NAME: "node-1001", p.NUM_EXAMPLES: 0}))
+    strategy.aggregate_train(1, replies)
+    nodes = strategy.report(1).to_json()["nodes"].values()
+    assert sorted(n["node_id"] for n in nodes) == [*GOOD, 2200]  # one record each, none lost
+    assert [n["node_id"] for n in nodes if n["rejected"]] == [2200]
