@@ -55,7 +55,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         nodes = len(folders)
         node_configs = [{"data-path": str(d), "node-name": d.name} for d in folders]
     outcome = simulate(
-        num_nodes=nodes, run_config=overrides, node_configs=node_configs, verbose=args.verbose
+        num_nodes=nodes,
+        run_config=overrides,
+        node_configs=node_configs,
+        verbose=args.verbose,
+        state_dir=args.state_dir,
     )
     print(f"[fedlora] metrics: {outcome.run_dir / 'metrics.jsonl'}")
     return 0 if outcome.stopped is None else 1
@@ -122,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--ranks", help='LoRA rank per node, cycled (default "4,8,16")')
     sim.add_argument("--base-model", help="model folder or hub id (default: the embedded model)")
     sim.add_argument("--run-dir", help="where run folders go (default ./runs)")
+    sim.add_argument(
+        "--state-dir",
+        type=Path,
+        help="one folder per node under this one keeps its privacy ledger across runs "
+        "(default: inside the run folder, so each run starts from ε = 0)",
+    )
     sim.add_argument(
         "--resume",
         metavar="RUN_DIR",

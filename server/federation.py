@@ -43,7 +43,11 @@ def build_strategy(settings: ServerSettings) -> LoraStrategy:
 
 
 def run_federation(
-    grid: Grid, settings: ServerSettings, *, echo: Callable[[str], None] = print
+    grid: Grid,
+    settings: ServerSettings,
+    *,
+    echo: Callable[[str], None] = print,
+    on_run_dir: Callable[[Path], None] | None = None,
 ) -> RunOutcome:
     """Evaluate the base model at every node, run the rounds, export the global adapter.
 
@@ -55,6 +59,8 @@ def run_federation(
     runlog = RunLog(run.run_dir, settings.num_rounds, echo=echo, records=run.records)
     echo(f"[fedlora] run folder {run.run_dir}" + (f" (resumed after round {run.completed})"
                                                   if run.resumed else ""))  # fmt: skip
+    if on_run_dir is not None:  # e.g. `fedlora simulate` keeps the nodes' state folders in it
+        on_run_dir(runlog.run_dir)
     train_config = ConfigRecord(dict[str, Any](settings.train.to_config()))
     eval_config = ConfigRecord({"max-length": settings.train.max_length})
     round_end = _round_end(settings, strategy, runlog, run)

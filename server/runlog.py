@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.privacy_summary import decline_notes, epsilon_column
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -73,7 +75,9 @@ class RunLog:
         ranks = {n: r for rec in self.records for n, e in rec.get("nodes", {}).items()
                  if (r := e.get("rank")) is not None}  # fmt: skip
         width = max([len(n) for n in names] + [4])
-        lines = [f"{'node':<{width}}  rank  eval loss r0  eval loss r{last['round']}  change"]
+        eps = epsilon_column(self.records)  # empty unless some node ran with privacy
+        lines = [f"{'node':<{width}}  rank  eval loss r0  eval loss r{last['round']}  change"
+                 + ("  ε spent" if eps else "")]  # fmt: skip
         for name in names:
             before = first.get("nodes", {}).get(name, {}).get("eval_loss")
             after = last.get("nodes", {}).get(name, {}).get("eval_loss")
@@ -81,6 +85,7 @@ class RunLog:
             rank = ranks.get(name, "-")
             lines.append(
                 f"{name:<{width}}  {rank!s:>4}  {_fmt(before):>12}  {_fmt(after):>12}  {change:>6}"
+                + (f"  {eps.get(name, '-')}" if eps else "")
             )
         total_up = sum(rec.get("bytes_up", 0) for rec in self.records)
         total_down = sum(rec.get("bytes_down", 0) for rec in self.records)
@@ -88,4 +93,5 @@ class RunLog:
             f"global rank {last.get('global_rank', 0)}; LoRA factors up {total_up / 1e6:.2f} MB, "
             f"down {total_down / 1e6:.2f} MB; {last['elapsed_s']:.0f} s"
         )
+        lines.extend(decline_notes(self.records))
         return "\n".join(lines)

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 from strategies import protocol as p
 from strategies.factors import LowRank, join_factor_keys, split_factor_keys
+from strategies.privacy_report import record_privacy
 from strategies.replies import (
     ClientUpdate,
     Expectation,
@@ -235,6 +236,7 @@ class LoraStrategy(Strategy):
         kept, refused = screen_replies(
             list(replies), self._sent, timeout_s=self.policy.round_timeout_s
         )
+        record_privacy(report, kept, self._label)  # ε is spent whether or not a reply is used
         expect = Expectation(
             limits=self.limits,
             modules=self.expected_modules(),

@@ -16,6 +16,15 @@ class NodeRound:
     bytes_up: int = 0
     bytes_down: int = 0
     rejected: str | None = None
+    # The node's privacy ledger as it reported it (strategies/privacy_report.py): cumulative ε
+    # at δ, this round's σ and q, steps so far, and the (σ, q, steps) history once σ or q changed.
+    dp_mode: str | None = None
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_sample_rate: float | None = None
+    dp_steps: int | None = None
+    dp_history: list[list[float]] | None = None
 
 
 @dataclass
