@@ -34,6 +34,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_recompress.py
+	$(PY) scripts/bench_dp.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

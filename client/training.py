@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +90,7 @@ def train_local(
     *,
     pad_id: int,
     seed: int,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train the model's trainable (LoRA) parameters with AdamW for ``config.local_steps``."""
     if not rows:
@@ -111,6 +112,8 @@ def train_local(
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(len(losses) - 1)
     return TrainResult(
         num_examples=len(rows),
         steps=len(losses),

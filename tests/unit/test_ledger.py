@@ -40,7 +40,7 @@ def _ledger(*releases: tuple[float, float, int]) -> Ledger:
         ledger = ledger.with_release(
             new_release(
                 "dp-sgd", noise_multiplier=sigma, sample_rate=q, steps=steps, server_round=rnd
-            )  # fmt: skip
+            )
         )
     return ledger
 
@@ -88,7 +88,7 @@ def test_no_ledger_means_nothing_spent(tmp_path: Path) -> None:
             ' "releases": [{"mode": "dp-sgd", "noise_multiplier": -1, "sample_rate": 0.1,'
             ' "steps": 3}]}',
             "out of range",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_a_damaged_ledger_stops_the_node_and_is_left_alone(
@@ -110,7 +110,7 @@ def test_a_ledger_of_other_data_is_refused(tmp_path: Path) -> None:
 
 def test_delta_may_only_shrink_against_the_ledger(tmp_path: Path) -> None:
     save_ledger(tmp_path, _ledger((1.0, 0.1, 10)))
-    with pytest.raises(LedgerError, match="`dp-delta` is 0.0001"):
+    with pytest.raises(LedgerError, match=r"`dp-delta` is 0\.0001"):
         load_ledger(tmp_path, fingerprint=FP, delta=1e-4)
     smaller = load_ledger(tmp_path, fingerprint=FP, delta=1e-6)
     assert smaller.delta == 1e-6 and smaller.epsilon() > _ledger((1.0, 0.1, 10)).epsilon()
