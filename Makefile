@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export FLWR_TELEMETRY_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo flower-demo test bench lint format clean
+.PHONY: install demo flower-demo test bench lint format protos clean
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# Regenerate the enrollment service's gRPC code (committed; tests/unit/test_protos.py checks it).
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+	  protos/fedlora/enroll/v1/enroll.proto
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -215,7 +215,11 @@ def start(
     try:
         while proc.poll() is None:
             time.sleep(0.5)
-        echo(f"[fedlora] error: the SuperNode exited with code {proc.returncode}")
+        echo(
+            f"[fedlora] error: the SuperNode stopped (exit code {proc.returncode}); if the server "
+            "refused this node's key, ask the operator whether it was revoked "
+            "(`fedlora server nodes`)"
+        )
         return 1
     except StopRequested as sig:
         echo(f"[fedlora] {sig}: stopping node {info.name}")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from client.settings import DEFAULT_RUN_CONFIG, ConfigValue, SettingsError
+from protos.enrollment.registry import Refused
 
 
 def parse_override(text: str) -> tuple[str, ConfigValue]:
@@ -175,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--base-model", default="", help="default: the embedded model")
     evaluate.add_argument("--max-length", type=int, default=int(DEFAULT_RUN_CONFIG["max-length"]))
     evaluate.set_defaults(func=_cmd_adapter_evaluate)
+
+    from server.cli_deploy import add_node_commands, add_server_commands
+
+    add_server_commands(sub, parse_override)
+    add_node_commands(sub)
     return parser
 
 
@@ -182,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (SettingsError, ValueError, FileNotFoundError) as err:
+    except (SettingsError, ValueError, OSError, RuntimeError, Refused) as err:
         print(f"fedlora: error: {err}", file=sys.stderr)
         return 2
 

@@ -89,8 +89,15 @@ def enroll(token: Token, *, public_key: str, insecure: bool = False) -> Enrollme
     )
     try:
         with channel:
-            reply = enroll_pb2_grpc.EnrollmentStub(channel).Enroll(request, timeout=TIMEOUT_S)
+            stub = enroll_pb2_grpc.EnrollmentStub(channel)  # type: ignore[no-untyped-call]
+            reply = stub.Enroll(request, timeout=TIMEOUT_S)
     except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.UNAVAILABLE and not insecure:
+            raise JoinError(
+                f"no verified TLS connection to {token.address}: its certificate does not chain "
+                "to the pinned CA or does not name this host; do not join, and check the token "
+                f"and address with the operator ({err.details()})"
+            ) from None
         raise JoinError(f"enrollment refused: {err.details()}") from None
     if not insecure and reply.ca_certificate.strip() != ca_pem.strip():
         raise JoinError("CA pin mismatch: the service returned a CA other than the pinned one")

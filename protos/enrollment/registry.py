@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS invitations (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, secret_hash TEXT NOT NULL,
     created_at REAL NOT NULL, expires_at REAL NOT NULL, used_at REAL, used_by TEXT);
 CREATE TABLE IF NOT EXISTS nodes (
-    name TEXT PRIMARY KEY, node_id INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+    name TEXT PRIMARY KEY, node_id TEXT NOT NULL,  -- uint64: beyond SQLite INTEGER
+    fingerprint TEXT NOT NULL,
     public_key TEXT NOT NULL, enrolled_at REAL NOT NULL, status TEXT NOT NULL,
     revoked_at REAL);
 CREATE TABLE IF NOT EXISTS events (
@@ -110,7 +111,7 @@ class Registry:
             )
             conn.execute(
                 "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (name, node_id, fingerprint, public_key, now, ENROLLED),
+                (name, str(node_id), fingerprint, public_key, now, ENROLLED),
             )
             conn.execute("COMMIT")
         self.log(peer=peer, name=name, outcome="enrolled", reason=f"key {fingerprint}")

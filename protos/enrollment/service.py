@@ -67,7 +67,7 @@ def peer_host(peer: str) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
-class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):  # type: ignore[misc]
+class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
     def __init__(
         self,
         *,
@@ -124,7 +124,7 @@ def serve(
 ) -> grpc.Server:
     """Start the service on ``address`` with TLS ``(cert chain PEM, key PEM)``, or plaintext."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    enroll_pb2_grpc.add_EnrollmentServicer_to_server(servicer, server)
+    enroll_pb2_grpc.add_EnrollmentServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     if tls is None:
         port = server.add_insecure_port(address)
     else:

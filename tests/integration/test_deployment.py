@@ -1,0 +1,295 @@
+"""The real deployment on loopback, with real processes: `fedlora server init/start/invite/nodes/
+revoke`, `fedlora node join/start`, `fedlora run`, over TLS with Flower's node authentication.
+
+Every process this module starts carries a marker in its environment (inherited by Flower's own
+children); each is started in its own process group and ended by its id when the module ends,
+also on failure, and the last test checks that nothing with the marker is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FEDLORA = Path(sys.executable).parent / "fedlora"
+MARKER = "FEDLORA_DEPLOY_TEST"
+TOKEN = uuid.uuid4().hex
+RUN_TIMEOUT_S = 420.0
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({MARKER: TOKEN, "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def fedlora(*args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(FEDLORA), *map(str, args)], env=_env(), capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def _marked() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and proc.environ().get(MARKER) == TOKEN:
+                found.append(proc)
+    return found
+
+
+@dataclass
+class Daemons:
+    """Foreground `fedlora ... start` commands, each in its own process group."""
+
+    logs: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str | Path) -> None:
+        with (self.logs / f"{name}.log").open("ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [str(FEDLORA), *map(str, args)], env=_env(), stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, name: str, *, timeout: float = 30.0) -> int:
+        proc = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
+
+    def stop_all(self, *, force: bool = False) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+        for proc in _marked() if force else []:  # after a failure: whatever was left behind
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+@dataclass(frozen=True)
+class Federation:
+    fed: Path
+    root: Path
+    ports: tuple[int, int, int]  # fleet, control, enroll
+    daemons: Daemons
+
+    def start_server(self) -> None:
+        fleet, control, enroll = self.ports
+        (self.daemons.logs / "server.log").touch()
+        self.daemons.start(
+            "server", "server", "start", "--dir", self.fed, "--bind", "127.0.0.1",
+            "--fleet-port", str(fleet), "--control-port", str(control),
+            "--enroll-port", str(enroll),
+        )  # fmt: skip
+        log = self.daemons.logs / "server.log"
+        seen = len(log.read_text(errors="replace"))  # a restart appends to the same log
+
+        def ready() -> bool:
+            return "next: fedlora server invite" in self.daemons.log("server")[seen:]
+
+        _wait_for(ready, 60, "server")
+
+    def invite(self, name: str, ttl: str = "10m") -> str:
+        done = fedlora("server", "invite", "--dir", self.fed, "--name", name, "--ttl", ttl)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    def status(self) -> dict[str, str]:
+        done = fedlora("server", "nodes", "--dir", self.fed)
+        assert done.returncode == 0, done.stderr
+        rows = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
+        return {row[0]: row[3] for row in rows if len(row) >= 5}
+
+
+def _wait_for(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not ready after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("deploy")
+    (root / "logs").mkdir()
+    daemons = Daemons(root / "logs")
+    fed = Federation(root / "FED", root, tuple(_free_ports(3)), daemons)  # type: ignore[arg-type]
+    done = fedlora("server", "init", "--dir", fed.fed, "--host", "127.0.0.1")
+    assert done.returncode == 0, done.stderr
+    data = fedlora("data", "synth", "--out", root / "data", "--partitions", "3",
+                   "--train", "48", "--eval", "16")  # fmt: skip
+    assert data.returncode == 0, data.stderr
+    try:
+        fed.start_server()
+        yield fed
+    finally:
+        daemons.stop_all(force=True)
+
+
+def test_init_refuses_to_overwrite_and_keys_are_private(federation: Federation) -> None:
+    again = fedlora("server", "init", "--dir", federation.fed, "--host", "127.0.0.1")
+    assert again.returncode != 0 and "already holds a federation" in again.stderr
+    for key in ("ca.key", "server.key"):
+        assert (federation.fed / key).stat().st_mode & 0o777 == 0o600
+
+
+def test_bad_tokens_are_refused(federation: Federation) -> None:
+    root = federation.root
+    token = federation.invite("clinic-x")
+    head, payload, secret = token.split(".")
+    wrong_secret = f"{head}.{payload}.{secret[::-1]}"
+    unknown = fedlora("node", "join", wrong_secret, "--dir", root / "x1")
+    assert unknown.returncode != 0 and "unknown token" in unknown.stderr
+
+    first = fedlora("node", "join", token, "--dir", root / "x1")
+    assert first.returncode == 0, first.stderr
+    assert (root / "x1" / "node.key").stat().st_mode & 0o777 == 0o600
+    reused = fedlora("node", "join", token, "--dir", root / "x2")
+    assert reused.returncode != 0 and "already used" in reused.stderr
+
+    short = federation.invite("clinic-y", ttl="1s")
+    time.sleep(1.5)
+    expired = fedlora("node", "join", short, "--dir", root / "x3")
+    assert expired.returncode != 0 and "expired" in expired.stderr
+
+
+def test_wrong_ca_pin_is_refused(federation: Federation, tmp_path: Path) -> None:
+    import base64
+
+    token = federation.invite("clinic-z")
+    head, payload, secret = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["p"] = "sha256:" + "0" * 64  # a CA other than the server's
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    done = fedlora("node", "join", f"{head}.{forged}.{secret}", "--dir", tmp_path / "n")
+    assert done.returncode != 0 and "CA pin mismatch" in done.stderr
+    assert not (tmp_path / "n" / "node.json").exists()
+
+
+def test_unregistered_key_cannot_take_part(federation: Federation, tmp_path: Path) -> None:
+    from client.node import NodeDir, generate_key
+
+    tmp_path.mkdir(exist_ok=True)
+    generate_key(NodeDir(tmp_path))  # a well-formed key the federation never registered
+    fleet = federation.ports[0]
+    log = tmp_path / "rogue.log"
+    with log.open("wb") as out:
+        rogue = subprocess.Popen(
+            [str(Path(sys.executable).parent / "flower-supernode"), "--superlink",
+             f"127.0.0.1:{fleet}", "--root-certificates", str(federation.fed / "ca.pem"),
+             "--auth-supernode-private-key", str(tmp_path / "node.key"),
+             "--port", str(_free_ports(1)[0]), "--max-retries", "2"],
+            env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        code = rogue.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rogue.pid, signal.SIGKILL)
+    assert code != 0
+    assert "Failed to activate SuperNode" in log.read_text(errors="replace")
+
+
+def _run(federation: Federation, *config: str) -> subprocess.CompletedProcess[str]:
+    args: list[str | Path] = ["run", "--dir", federation.fed]
+    for item in ("local-steps=4", "synth-eval-examples=16", "batch-size=4", *config):
+        args += ["--config", item]
+    return fedlora(*args, timeout=RUN_TIMEOUT_S)
+
+
+def _records(stdout: str) -> list[dict[str, object]]:
+    folder = next(line.split("run folder ", 1)[1] for line in stdout.splitlines()
+                  if "run folder " in line)  # fmt: skip
+    lines = (Path(folder.strip()) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federation) -> None:
+    root = federation.root
+    for name, folder, rank in (("hospital-a", "hospital-cardiology", 4),
+                               ("bank-b", "bank-transactions", 8)):  # fmt: skip
+        joined = fedlora("node", "join", federation.invite(name), "--dir", root / name)
+        assert joined.returncode == 0, joined.stderr
+        federation.daemons.start(name, "node", "start", "--dir", root / name,
+                                 "--data", root / "data" / folder, "--rank", str(rank))  # fmt: skip
+    _wait_for(
+        lambda: [federation.status().get(n) for n in ("hospital-a", "bank-b")] == ["online"] * 2,
+        60,
+        "both nodes online",
+    )
+
+    started = time.monotonic()
+    done = _run(federation, "num-server-rounds=2", "min-nodes=2")
+    wall = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "[fedlora] round 2/2" in done.stdout
+    records = _records(done.stdout)
+    first, last = records[0], records[-1]
+    assert set(last["nodes"]) == {"hospital-a", "bank-b"}  # type: ignore[arg-type]
+    for name in ("hospital-a", "bank-b"):
+        before = first["nodes"][name]["eval_loss"]  # type: ignore[index]
+        after = last["nodes"][name]["eval_loss"]  # type: ignore[index]
+        assert after < before, (name, before, after)
+        # The node's LoRA factors reached the server: in deployment, only via the Fleet API.
+        assert last["nodes"][name]["bytes_up"] > 0  # type: ignore[index]
+    print(f"2-node, 2-round federation over TLS: {wall:.0f} s wall")
+
+    # The SuperLink's state survives a restart: enrolled nodes reconnect without rejoining.
+    federation.daemons.stop("server")
+    federation.start_server()
+    revoked = fedlora("server", "revoke", "--dir", federation.fed, "bank-b")
+    assert revoked.returncode == 0, revoked.stderr
+    assert federation.status()["bank-b"] == "revoked"
+    _wait_for(lambda: federation.status().get("hospital-a") == "online", 90, "reconnect")
+    done = _run(federation, "num-server-rounds=1", "min-nodes=1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert set(_records(done.stdout)[-1]["nodes"]) == {"hospital-a"}  # type: ignore[arg-type]
+
+
+def test_node_start_checks_its_inputs(federation: Federation, tmp_path: Path) -> None:
+    no_key = fedlora("node", "start", "--dir", tmp_path, "--data", federation.root / "data")
+    assert no_key.returncode != 0 and "is not a joined node" in no_key.stderr
+    no_data = fedlora("node", "start", "--dir", federation.root / "hospital-a",
+                      "--data", tmp_path / "missing")  # fmt: skip
+    assert no_data.returncode != 0 and "`--data`" in no_data.stderr
+
+
+def test_server_stop_leaves_no_process(federation: Federation) -> None:
+    federation.daemons.stop_all()
+    _wait_for(lambda: not _marked(), 30, "every started process ended")
