@@ -63,13 +63,22 @@ def calibrate(settings: PrivacySettings, *, sample_rate: float, steps: int) -> f
     if settings.target_epsilon > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            calibrated = get_noise_multiplier(
-                target_epsilon=settings.target_epsilon,
-                target_delta=settings.delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant="rdp",
-            )
+            try:
+                calibrated = get_noise_multiplier(
+                    target_epsilon=settings.target_epsilon,
+                    target_delta=settings.delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant="rdp",
+                )
+            except ValueError as err:  # opacus: "The privacy budget is too low."
+                raise SettingsError(
+                    [
+                        f"`dp-target-epsilon` is {settings.target_epsilon:g}: no noise multiplier "
+                        f"up to 1e6 reaches it over {steps} steps at q={sample_rate:.3g} ({err}); "
+                        "raise the target or plan fewer rounds or steps"
+                    ]
+                ) from err
         sigma = max(sigma, float(calibrated))
     return sigma
 

@@ -141,3 +141,11 @@ def test_reply_fields_are_cumulative_and_carry_history_only_when_it_changed() ->
     _, config = reply_fields("dp-sgd", changed)
     assert config[p.DP_HISTORY] == [1.0, 0.1, 10.0, 2.0, 0.1, 10.0]
     assert reply_fields("none", None) == ({}, {p.DP_MODE: "none"})
+
+
+def test_an_unreachable_target_is_a_settings_error_naming_it() -> None:
+    from client.settings import SettingsError
+
+    privacy = PrivacySettings(mode="dp-sgd", target_epsilon=1e-6)
+    with pytest.raises(SettingsError, match="`dp-target-epsilon` is 1e-06"):
+        calibrate(privacy, sample_rate=1.0, steps=1000)
