@@ -16,8 +16,8 @@ from client.settings import (
     parse_ranks,
 )
 from server.checkpoint import CHECKPOINT_FILE
-from strategies.base import AggregationOptions, Federation
-from strategies.registry import STRATEGIES
+from strategies.options import AggregationOptions, Federation
+from strategies.registry import STRATEGIES, check_strategy_options
 from strategies.rounds import RoundPolicy
 from strategies.validation import ReplyLimits
 
@@ -118,7 +118,10 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         AggregationOptions,
         max_global_rank=cap or None,
         recompress_tol=r.get("recompress-tol", float, "use a value in [0, 1)"),
+        server_lr=r.get("server-lr", float, "use a number > 0"),
     )
+    if aggregation is not None:
+        r.problems += check_strategy_options(name, ranks=ranks, server_lr=aggregation.server_lr)
     rounds = r.get("num-server-rounds", int, "use an integer >= 1")
     if rounds < 1:
         r.problems.append(f"`num-server-rounds` is {rounds}: use an integer >= 1")

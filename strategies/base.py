@@ -14,7 +14,6 @@ import secrets
 import time
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -27,6 +26,8 @@ from numpy.typing import NDArray
 
 from strategies import protocol as p
 from strategies.factors import LowRank, join_factor_keys, split_factor_keys
+from strategies.options import AggregationOptions as AggregationOptions  # re-exported
+from strategies.options import Federation as Federation  # re-exported
 from strategies.privacy_report import record_privacy
 from strategies.replies import (
     ClientUpdate,
@@ -64,48 +65,13 @@ def wait_for_nodes(
         time.sleep(poll_s)
 
 
-@dataclass(frozen=True)
-class Federation:
-    """Who takes part in a round and how long the server waits for them."""
-
-    min_nodes: int = 1
-    fraction_train: float = 1.0
-    node_wait_s: float = 120.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.min_nodes < 1:
-            problems.append(f"`min-nodes` is {self.min_nodes}: use an integer >= 1")
-        if not 0.0 < self.fraction_train <= 1.0:
-            problems.append(f"`fraction-train` is {self.fraction_train}: use a value in (0, 1]")
-        if not self.node_wait_s > 0:
-            problems.append(f"`node-wait-s` is {self.node_wait_s}: use seconds > 0")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-
-@dataclass(frozen=True)
-class AggregationOptions:
-    """How the server keeps the global adapter small (used by strategies that recompress)."""
-
-    max_global_rank: int | None = 64
-    recompress_tol: float = 0.0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.max_global_rank is not None and self.max_global_rank < 1:
-            problems.append(f"`max-global-rank` is {self.max_global_rank}: use an integer >= 1")
-        if not 0.0 <= self.recompress_tol < 1.0:
-            problems.append(f"`recompress-tol` is {self.recompress_tol}: use a value in [0, 1)")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-
 class LoraStrategy(Strategy):
     """Base for strategies that exchange LoRA factors and keep a low-rank global adapter."""
 
     name = "base"
+    # What the strategy can aggregate; the settings refuse the rest before round 1.
+    accepts_heterogeneous_ranks = True
+    accepts_server_lr = True  # False: the global is replaced by a mean, not moved by an update
 
     def __init__(
         self,
@@ -147,6 +113,15 @@ class LoraStrategy(Strategy):
     ) -> GlobalAdapter:
         """Combine accepted updates into the new global adapter; record extras in the report."""
 
+    def instruction(self, server_round: int) -> dict[str, p.ConfigValue]:
+        """What the node does with the global adapter (strategies/node_modes.py): merge it and
+        train a fresh LoRA, unless a strategy says otherwise."""
+        return {p.NODE_MODE: p.MERGE}
+
+    def node_record(self, node_id: int, record: ArrayRecord) -> ArrayRecord:
+        """The global adapter as sent to ``node_id`` for training (default: the same to all)."""
+        return record
+
     # -- Flower hooks ---------------------------------------------------------------------------
     def report(self, server_round: int) -> RoundReport:
         return self.rounds.setdefault(server_round, RoundReport(round=server_round))
@@ -174,6 +149,7 @@ class LoraStrategy(Strategy):
                 **self._train_config,
                 "server-round": server_round,
                 p.GLOBAL_FINGERPRINT: self.global_fingerprint(server_round),
+                **self.instruction(server_round),
             }
         )
         self._sent = self._messages(server_round, "train", chosen, config)
@@ -380,9 +356,12 @@ class LoraStrategy(Strategy):
         report = self.report(server_round)
         messages = []
         for node_id in nodes:
+            arrays = record
             if kind == "train":
-                report.node(node_id).bytes_down += size
-            content = RecordDict({p.ARRAYS: record, p.CONFIG: config})
+                arrays = self.node_record(node_id, record)
+                sent = size if arrays is record else arrays.count_bytes()
+                report.node(node_id).bytes_down += sent
+            content = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
             messages.append(
                 Message(
                     content=content,

@@ -70,3 +70,18 @@ def join_factor_keys(pairs: Mapping[str, LowRank]) -> dict[str, Array]:
         flat[module + A_SUFFIX] = a
         flat[module + B_SUFFIX] = b
     return flat
+
+
+def truncate(pairs: Mapping[str, LowRank], rank: int) -> dict[str, LowRank]:
+    """The first ``rank`` components of every module: A's first rows, B's first columns."""
+    if rank < 0:
+        raise ValueError(f"`rank` is {rank}: use an integer >= 0")
+    return {m: (a[:rank], b[:, :rank]) for m, (a, b) in pairs.items()}  # (k, in), (out, k)
+
+
+def pad_rank(a: Array, b: Array, rank: int) -> tuple[Array, Array]:
+    """Zero-pad A (r, in) to (rank, in) and B (out, r) to (out, rank); exact: B'A' = BA."""
+    extra = rank - a.shape[0]
+    if extra < 0:
+        raise ValueError(f"cannot pad rank {a.shape[0]} down to {rank}: use rank >= {a.shape[0]}")
+    return np.pad(a, ((0, extra), (0, 0))), np.pad(b, ((0, 0), (0, extra)))

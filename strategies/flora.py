@@ -38,7 +38,7 @@ def stack(updates: Sequence[Mapping[str, Factors]], weights: Sequence[float]) ->
         For each module ``(A_st, B_st, 1.0)`` in float64 with
         ``B_st @ A_st == sum_i weights[i] * s_i * B_i @ A_i``.
     """
-    _check_stack_inputs(updates, weights)
+    check_updates(updates, weights)
     stacked: dict[str, Factors] = {}
     for module in sorted(updates[0]):
         a_blocks = []
@@ -53,7 +53,7 @@ def stack(updates: Sequence[Mapping[str, Factors]], weights: Sequence[float]) ->
     return stacked
 
 
-def _check_stack_inputs(updates: Sequence[Mapping[str, Factors]], weights: Sequence[float]) -> None:
+def check_updates(updates: Sequence[Mapping[str, Factors]], weights: Sequence[float]) -> None:
     problems: list[str] = []
     if not updates:
         raise ValueError("`updates` is empty: stacking needs at least one client update")

@@ -27,6 +27,8 @@ class FLoRA(LoraStrategy):
         total = sum(u.num_examples for u in updates)
         weights = [u.num_examples / total for u in updates]  # p_i = n_i / sum_j n_j
         stacked = stack([u.factors for u in updates], weights)
+        eta = self.options.server_lr  # append η·Σ p_i s_i B_i A_i: exact, scales the stacked A
+        stacked = {m: (a, b, eta * s) for m, (a, b, s) in stacked.items()}
         result = accumulate(
             global_adapter,
             stacked,

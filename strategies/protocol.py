@@ -43,6 +43,17 @@ NODE_NAME = "node-name"
 # The global adapter's fingerprint: in each train instruction's `config`, echoed in the reply's
 # `adapter` record, so a reply computed from another round's or run's adapter is refused.
 GLOBAL_FINGERPRINT = "global-fingerprint"
+# What the node does with the global adapter, chosen by the strategy and sent in each train
+# instruction's `config` (client/node_mode.py): `merge` W0 + B_g A_g and train a fresh LoRA, or
+# `continue` from the first r_i components of the global factors; `shared-a-seed`: start A at
+# the public seeded init (strategies/public_a.py); `freeze-a`: train only B.
+NODE_MODE = "node-mode"
+MERGE = "merge"
+CONTINUE = "continue"
+NODE_MODES = (MERGE, CONTINUE)
+SHARED_A_SEED = "shared-a-seed"
+FREEZE_A = "freeze-a"
+ConfigValue = bool | int | float | str
 
 
 def to_record(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from strategies.base import LoraStrategy
+from strategies.fedit_strategy import FedIT
+from strategies.ffa_strategy import FFA
+from strategies.flexlora_strategy import FlexLoRA
 from strategies.flora_strategy import FLoRA
+from strategies.zeropad_strategy import ZeroPad
 
-STRATEGIES: dict[str, type[LoraStrategy]] = {FLoRA.name: FLoRA}
+STRATEGIES: dict[str, type[LoraStrategy]] = {
+    cls.name: cls for cls in (FLoRA, FedIT, ZeroPad, FlexLoRA, FFA)
+}
 
 
 def strategy_class(name: str) -> type[LoraStrategy]:
@@ -14,3 +20,28 @@ def strategy_class(name: str) -> type[LoraStrategy]:
     except KeyError:
         known = ", ".join(sorted(STRATEGIES))
         raise ValueError(f"`strategy` is {name!r}: use one of {known}") from None
+
+
+def check_strategy_options(name: str, *, ranks: tuple[int, ...], server_lr: float) -> list[str]:
+    """What ``strategy`` cannot do with these settings (empty: fine), checked before round 1."""
+    cls = STRATEGIES.get(name)
+    if cls is None:
+        return []
+    problems = []
+    if not cls.accepts_heterogeneous_ranks and len(set(ranks)) > 1:
+        others = ", ".join(
+            n for n, c in sorted(STRATEGIES.items()) if c.accepts_heterogeneous_ranks
+        )
+        text = ",".join(map(str, ranks))
+        problems.append(
+            f"`lora-ranks` is {text!r}, but `strategy` {name} needs one rank for all nodes: "
+            f'give one rank (e.g. lora-ranks = "{max(ranks)}") or use a strategy that accepts '
+            f"heterogeneous ranks ({others})"
+        )
+    if not cls.accepts_server_lr and server_lr != 1.0:
+        others = ", ".join(n for n, c in sorted(STRATEGIES.items()) if c.accepts_server_lr)
+        problems.append(
+            f"`server-lr` is {server_lr:g}, but `strategy` {name} replaces the global adapter by "
+            f"a mean of factors and has no update to scale: use server-lr = 1 or one of {others}"
+        )
+    return problems

@@ -1,0 +1,44 @@
+"""The FFA-LoRA Flower strategy: A frozen at the public seeded init, only B trained and averaged.
+
+Math in :mod:`strategies.ffa`; the shared A in :mod:`strategies.public_a`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from flwr.app import Message
+
+from strategies import protocol as p
+from strategies.base import GlobalAdapter, LoraStrategy
+from strategies.continuing import refuse
+from strategies.ffa import ffa_average, public_a_mismatch
+from strategies.replies import ClientUpdate, Parsed
+
+
+class FFA(LoraStrategy):
+    """FFA-LoRA (Sun et al., ICLR 2024) with nested ranks: exact for heterogeneous ranks."""
+
+    name = "ffa"
+
+    def instruction(self, server_round: int) -> dict[str, p.ConfigValue]:
+        """Merge the global, start A at the public seeded init (one per run) and freeze it."""
+        return {p.NODE_MODE: p.MERGE, p.SHARED_A_SEED: self.federation.seed, p.FREEZE_A: True}
+
+    def _parse_round(self, server_round: int, replies: Iterable[Message]) -> Parsed:
+        parsed = super()._parse_round(server_round, replies)
+        seed = self.federation.seed
+        reasons = {u.node_id: public_a_mismatch(u.factors, seed=seed) for u in parsed.updates}
+        return refuse(self, server_round, parsed, reasons)
+
+    def aggregate(
+        self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
+    ) -> GlobalAdapter:
+        total = sum(u.num_examples for u in updates)
+        return ffa_average(
+            [u.factors for u in updates],
+            [u.num_examples / total for u in updates],
+            previous=global_adapter,
+            seed=self.federation.seed,
+            server_lr=self.options.server_lr,
+        )

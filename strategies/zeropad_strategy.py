@@ -1,0 +1,27 @@
+"""The zero-padding Flower strategy: pad to the largest rank, average, nodes keep their first r_i.
+
+Math in :mod:`strategies.zeropad`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from strategies.base import GlobalAdapter
+from strategies.continuing import ContinueStrategy
+from strategies.replies import ClientUpdate
+from strategies.zeropad import zeropad_average
+
+
+class ZeroPad(ContinueStrategy):
+    """HetLoRA-style zero-padding (Cho et al., 2024) of heterogeneous-rank factors."""
+
+    name = "zeropad"
+    accepts_server_lr = False
+
+    def aggregate(
+        self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
+    ) -> GlobalAdapter:
+        total = sum(u.num_examples for u in updates)
+        weights = [u.num_examples / total for u in updates]
+        return zeropad_average([u.factors for u in updates], weights)
