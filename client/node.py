@@ -13,14 +13,17 @@ Torch-free: ``node start`` runs Flower's SuperNode, whose ClientApp processes lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -28,7 +31,7 @@ from client.daemon import StopRequested, bin_dir, daemon_env, raise_on_signals, 
 from client.data import read_jsonl
 from client.files import write_json_atomic, write_private
 from client.synth import EVAL_FILE, TRAIN_FILE
-from protos.enrollment.join import enroll
+from protos.enrollment.join import enroll, split_address
 from protos.enrollment.tokens import parse_token
 
 NODE_JSON = "node.json"
@@ -147,6 +150,37 @@ def check_data(data: Path) -> None:
         read_jsonl(data / name)  # a malformed line is named now, not mid-round
 
 
+def check_federation(node: NodeDir, info: NodeInfo) -> str | None:
+    """Refuse a node folder whose CA is not the one it joined with, or a server that is not
+    that federation's; return a warning when the server is not reachable yet."""
+    der = x509.load_pem_x509_certificate(node.ca.read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    if "sha256:" + hashlib.sha256(der).hexdigest() != info.ca_pin:
+        raise RuntimeError(
+            f"{node.ca} is not the CA this node joined with (pin {info.ca_pin[:19]}…): restore "
+            "the node folder from its backup, or join again into a fresh folder"
+        )
+    if info.insecure:
+        return None
+    host, port = split_address(info.superlink)
+    context = ssl.create_default_context(cafile=str(node.ca))
+    try:
+        with (
+            socket.create_connection((host, port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return None
+    except ssl.SSLCertVerificationError:
+        raise RuntimeError(
+            f"the server at {info.superlink} is not the federation this node joined (its "
+            f"certificate does not chain to {node.ca}): check the address with the operator, or "
+            "join the new federation with a new token into a fresh folder"
+        ) from None
+    except OSError as err:
+        return f"the server at {info.superlink} is not reachable yet ({err}); the node keeps trying"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -199,6 +233,7 @@ def start(
     """Run Flower's SuperNode for this node until SIGINT/SIGTERM (reconnecting as needed)."""
     node = NodeDir(root)
     info = node.load()
+    warning = check_federation(node, info)
     check_data(data)
     if rank is not None and rank < 1:
         raise ValueError(f"`--rank` is {rank}: use an integer >= 1")
@@ -208,6 +243,8 @@ def start(
     node.flower_home.mkdir(exist_ok=True)
     config = node_config(node, info, data=data, rank=rank, device=device)
     argv = supernode_argv(node, info, config=config, port=port or free_port())
+    if warning:
+        echo(f"[fedlora] {warning}")
     raise_on_signals()
     env = daemon_env({"FLWR_HOME": str(node.flower_home)})
     echo(f"[fedlora] node {info.name}: connecting to {info.superlink} (Ctrl-C to stop)")

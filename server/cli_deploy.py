@@ -68,6 +68,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = dict(args.config or [])
     if args.rounds is not None:
         overrides["num-server-rounds"] = args.rounds
+    if args.resume is not None:
+        from server.checkpoint import saved_run_config
+
+        resume = str(args.resume.resolve())
+        overrides = {**saved_run_config({"resume-from": resume}), **overrides}
+        overrides["resume-from"] = resume
     return submit(args.dir, overrides, verbose=args.verbose)
 
 
@@ -148,6 +154,12 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="any run-config key, e.g. --config local-steps=10 (repeatable)",
+    )
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue this run folder from its last completed round",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log")
     run.set_defaults(func=_cmd_run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from server.pki import create_pki
 
 pytestmark = pytest.mark.slow
 
@@ -233,10 +236,13 @@ def _run(federation: Federation, *config: str) -> subprocess.CompletedProcess[st
     return fedlora(*args, timeout=RUN_TIMEOUT_S)
 
 
+def _run_folder(stdout: str) -> str:
+    line = next(line for line in stdout.splitlines() if "run folder " in line)
+    return line.split("run folder ", 1)[1].split(" (resumed")[0].strip()
+
+
 def _records(stdout: str) -> list[dict[str, object]]:
-    folder = next(line.split("run folder ", 1)[1] for line in stdout.splitlines()
-                  if "run folder " in line)  # fmt: skip
-    lines = (Path(folder.strip()) / "metrics.jsonl").read_text().splitlines()
+    lines = (Path(_run_folder(stdout)) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
@@ -255,7 +261,7 @@ def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federatio
     )
 
     started = time.monotonic()
-    done = _run(federation, "num-server-rounds=2", "min-nodes=2")
+    done = _run(federation, "num-server-rounds=2", "min-nodes=1")
     wall = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "[fedlora] round 2/2" in done.stdout
@@ -277,15 +283,31 @@ def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federatio
     assert revoked.returncode == 0, revoked.stderr
     assert federation.status()["bank-b"] == "revoked"
     _wait_for(lambda: federation.status().get("hospital-a") == "online", 90, "reconnect")
-    done = _run(federation, "num-server-rounds=1", "min-nodes=1")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert set(_records(done.stdout)[-1]["nodes"]) == {"hospital-a"}  # type: ignore[arg-type]
+    # The same run, resumed from its checkpoint for a third round: only the unrevoked node.
+    run_dir = Path(_run_folder(done.stdout))
+    resumed = fedlora("run", "--dir", federation.fed, "--resume", run_dir, "--rounds", "3",
+                      timeout=RUN_TIMEOUT_S)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    assert "resumed after round 2" in resumed.stdout
+    records = _records(resumed.stdout)
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    assert set(records[-1]["nodes"]) == {"hospital-a"}  # type: ignore[arg-type]
 
 
 def test_node_start_checks_its_inputs(federation: Federation, tmp_path: Path) -> None:
     no_key = fedlora("node", "start", "--dir", tmp_path, "--data", federation.root / "data")
     assert no_key.returncode != 0 and "is not a joined node" in no_key.stderr
-    no_data = fedlora("node", "start", "--dir", federation.root / "hospital-a",
+    moved = federation.root / "moved-node"
+    shutil.copytree(federation.root / "x1", moved)
+    (moved / "ca.pem").write_bytes((federation.root / "x1" / "ca.pem").read_bytes())  # same CA
+    same = fedlora("node", "start", "--dir", moved, "--data", tmp_path)
+    assert "`--data`" in same.stderr  # the CA and the server passed; the data check stops it
+    other = create_pki(tmp_path / "other-federation", ["127.0.0.1"])
+    (moved / "ca.pem").write_bytes(other.ca_cert.read_bytes())
+    swapped = fedlora("node", "start", "--dir", moved, "--data", federation.root / "data" /
+                      "bank-transactions")  # fmt: skip
+    assert swapped.returncode != 0 and "is not the CA this node joined with" in swapped.stderr
+    no_data = fedlora("node", "start", "--dir", federation.root / "x1",
                       "--data", tmp_path / "missing")  # fmt: skip
     assert no_data.returncode != 0 and "`--data`" in no_data.stderr
 
