@@ -17,7 +17,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from client.data import load_node_texts
 from client.ledger import LedgerError
-from client.model import attach_lora, load_base, merge_global_adapter, pick_device
+from client.model import load_base, merge_global_adapter, pick_device
+from client.node_mode import NodeMode, start_lora
 from client.privacy_node import (
     BudgetExceededError,
     PrivacyRound,
@@ -77,7 +78,7 @@ class _Job:
     tokenizer: PreTrainedTokenizerBase
 
 
-def _prepare(msg: Message, context: Context) -> _Job:
+def _prepare(msg: Message, context: Context, *, merge: bool = True) -> _Job:
     settings = _settings(context)
     content = msg.content
     if p.CONFIG not in content.config_records or p.ARRAYS not in content.array_records:
@@ -85,13 +86,16 @@ def _prepare(msg: Message, context: Context) -> _Job:
                          "run different fedlora versions")  # fmt: skip
     config = TrainConfig.from_config(dict(content.config_records[p.CONFIG]))
     model, tokenizer = load_base(settings.base_model, device=pick_device(settings.device))
-    model = merge_global_adapter(model, p.from_record(content.array_records[p.ARRAYS]))
+    if merge:  # node-mode `continue` trains the global factors instead (client/node_mode.py)
+        model = merge_global_adapter(model, p.from_record(content.array_records[p.ARRAYS]))
     return _Job(settings, config, model, tokenizer)
 
 
 def run_train(msg: Message, context: Context) -> RecordDict:
-    """Merge the global adapter, train a fresh LoRA of the node's rank, return only its factors."""
-    job = _prepare(msg, context)
+    """Start the node's LoRA as the strategy says (merge + fresh, or continue from the global
+    factors), train it, return only its factors."""
+    mode = NodeMode.from_config(dict(msg.content.config_records.get(p.CONFIG, {})))
+    job = _prepare(msg, context, merge=mode.merges)
     settings, config = job.settings, job.config
     train_texts, _ = load_node_texts(settings)
     plan = begin_round(  # privacy settings, ledger and budget guard: before any training
@@ -102,12 +106,15 @@ def run_train(msg: Message, context: Context) -> RecordDict:
         train=config,
     )
     seed = derive_seed(config.seed, config.server_round, settings.name)
-    peft_model = attach_lora(
+    peft_model = start_lora(  # as the strategy's instruction says (client/node_mode.py)
         job.model,
+        {} if mode.merges else p.from_record(msg.content.array_records[p.ARRAYS]),
+        mode=mode,
         rank=settings.lora_rank,
         alpha=settings.lora_alpha,
         target_modules=settings.target_modules,
-        seed=_lora_init_seed(plan, config, seed),
+        seed=seed,
+        public_a_seed=_public_a_seed(plan, config, mode),
     )
     rows = encode(train_texts, job.tokenizer, max_length=config.max_length)
     pad_id = job.tokenizer.pad_token_id
@@ -135,12 +142,15 @@ def run_train(msg: Message, context: Context) -> RecordDict:
     )
 
 
-def _lora_init_seed(plan: PrivacyRound | None, config: TrainConfig, node_seed: int) -> int:
-    """dp-lora: A is public, so its init seed depends on the run seed and round only (shared by
-    all nodes); otherwise the node's own seed."""
+def _public_a_seed(plan: PrivacyRound | None, config: TrainConfig, mode: NodeMode) -> int | None:
+    """The seed of the public A (strategies/public_a.py) this round starts from: the strategy's
+    `shared-a-seed` (ffa; continue mode's first round), else with dp-lora one that depends on the
+    run seed and round only (A is published, the same at all nodes); else None (own seed)."""
+    if mode.shared_a_seed is not None:
+        return mode.shared_a_seed
     if plan is not None and plan.settings.mode == "dp-lora":
         return derive_seed(config.seed, config.server_round, "dp-lora-public-A")
-    return node_seed
+    return None
 
 
 def run_evaluate(msg: Message, context: Context) -> RecordDict:
