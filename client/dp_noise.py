@@ -1,7 +1,8 @@
 """DP-LoRA's Gaussian mechanism on a node's update, as pure functions on numpy arrays.
 
 A is frozen at a data-independent seeded init and public; only B is trained (FFA-LoRA, Sun et
-al., ICLR 2024). The release is the set of B matrices, seen as one vector b:
+al., ICLR 2024). The release is this round's change to the B matrices, seen as one vector b
+(B itself when it starts at zero; a public start B₀ is added back after the noise):
 
     b_clip  = b · min(1, C / ‖b‖₂)                    (‖b‖₂ = √Σ_modules ‖B‖_F²)
     release = b_clip + N(0, σ² Δ² I)    with Δ = 2C

@@ -152,16 +152,17 @@ def train_private(
         )
         return result, lora_factors(model)
     freeze_lora_a(model)
+    # B's start is public (zero, or derived from the global adapter): only the change is private.
+    start = {k: v for k, v in lora_factors(model).items() if k.endswith(B_SUFFIX)}
     result = train_local(model, rows, config, pad_id=pad_id, seed=seed)
     factors = lora_factors(model)
-    b_factors = {k: v for k, v in factors.items() if k.endswith(B_SUFFIX)}
     noised, _ = dp_lora_release(
-        b_factors,
+        {k: factors[k] - b0 for k, b0 in start.items()},
         clip_norm=s.clip_norm,
         noise_multiplier=plan.noise_multiplier,
         rng=np.random.default_rng(),  # OS entropy: the server must not know the noise
     )
-    return result, {**factors, **noised}
+    return result, {**factors, **{k: start[k] + noised[k] for k in start}}
 
 
 def commit(plan: PrivacyRound, *, server_round: int) -> Ledger:
