@@ -8,10 +8,33 @@ majority vote among nodes decides what the global adapter is made of.
 
 from __future__ import annotations
 
+import importlib
 import os
+import time
 
 from strategies.factors import A_SUFFIX, B_SUFFIX
 from strategies.validation import Shapes
+
+IMPORT_ATTEMPTS = 50
+
+
+def import_model_stack() -> None:
+    """Import peft, transformers and torch, retrying while another thread imports them.
+
+    Under Flower's simulation engine the ServerApp runs in a thread while the main thread loads
+    the ClientApp (which imports the same stack). Python's import-deadlock avoidance can then
+    hand one thread a partly initialised ``transformers`` (``cannot import name 'AutoModel'``);
+    the failed import is rolled back, so trying again once the other thread is done succeeds.
+    """
+    for attempt in range(IMPORT_ATTEMPTS):
+        try:
+            importlib.import_module("peft")
+            importlib.import_module("client.model")
+            return
+        except ImportError:
+            if attempt == IMPORT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2)
 
 
 def check_base_model(base_model: str) -> str:
@@ -22,6 +45,7 @@ def check_base_model(base_model: str) -> str:
     ValueError
         ``base-model`` is neither a model folder nor a reachable hub id.
     """
+    import_model_stack()
     from transformers import AutoConfig
 
     from client.model import resolve_model_path
@@ -44,6 +68,7 @@ def check_base_model(base_model: str) -> str:
 
 def announced_modules(base_model: str, target_modules: str) -> Shapes:
     """module -> (out, in) of every LoRA module a node of this run trains."""
+    import_model_stack()
     import torch
     from peft import get_peft_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
