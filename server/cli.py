@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log")
     sim.set_defaults(func=_cmd_simulate)
 
+    from server.compare import add_compare_command
+
+    add_compare_command(sub)
+
     data = sub.add_parser("data", help="node data").add_subparsers(
         dest="data_command", required=True
     )
