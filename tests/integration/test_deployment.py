@@ -185,6 +185,8 @@ def test_bad_tokens_are_refused(federation: Federation) -> None:
     assert (root / "x1" / "node.key").stat().st_mode & 0o777 == 0o600
     reused = fedlora("node", "join", token, "--dir", root / "x2")
     assert reused.returncode != 0 and "already used" in reused.stderr
+    taken = fedlora("server", "invite", "--dir", federation.fed, "--name", "clinic-x")
+    assert taken.returncode != 0 and "already enrolled" in taken.stderr
 
     short = federation.invite("clinic-y", ttl="1s")
     time.sleep(1.5)
@@ -307,6 +309,13 @@ def test_node_start_checks_its_inputs(federation: Federation, tmp_path: Path) ->
     swapped = fedlora("node", "start", "--dir", moved, "--data", federation.root / "data" /
                       "bank-transactions")  # fmt: skip
     assert swapped.returncode != 0 and "is not the CA this node joined with" in swapped.stderr
+    keyless = federation.root / "keyless-node"
+    shutil.copytree(federation.root / "x1", keyless)
+    (keyless / "node.key").unlink()
+    no_key_file = fedlora("node", "start", "--dir", keyless, "--data", federation.root / "data")
+    assert no_key_file.returncode != 0 and "has no node key" in no_key_file.stderr
+    bad_run = fedlora("run", "--dir", federation.fed, "--config", "strategy=fedsgd")
+    assert bad_run.returncode != 0 and "`strategy` is 'fedsgd'" in bad_run.stderr
     no_data = fedlora("node", "start", "--dir", federation.root / "x1",
                       "--data", tmp_path / "missing")  # fmt: skip
     assert no_data.returncode != 0 and "`--data`" in no_data.stderr
