@@ -11,6 +11,14 @@ from server.settings import server_settings
 app = ServerApp()
 
 
+class RunStoppedError(RuntimeError):
+    """The run stopped before its last round (records and checkpoint are saved)."""
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_federation(grid, server_settings(context.run_config))
+    outcome = run_federation(grid, server_settings(context.run_config))
+    if outcome.stopped is not None:  # Flower then marks the run failed: `fedlora run` exits 1
+        raise RunStoppedError(
+            f"run stopped: {outcome.stopped}; resume with `fedlora run --resume {outcome.run_dir}`"
+        )

@@ -241,6 +241,9 @@ class LoraStrategy(Strategy):
         self, server_round: int, updates: Sequence[ClientUpdate]
     ) -> tuple[ArrayRecord, MetricRecord]:
         report = self.report(server_round)
+        # Replies arrive in any order; a fixed order (by node name) makes the floating-point
+        # result the same in every deployment and in simulation.
+        updates = sorted(updates, key=lambda u: (u.name, u.node_id))
         self._global = self.aggregate(server_round, updates, self._global)
         report.aggregated = True
         report.global_rank = max((a.shape[0] for a, _ in self._global.values()), default=0)

@@ -13,156 +13,36 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import pytest
 
 from server.pki import create_pki
+from tests.deploy_harness import (
+    RUN_TIMEOUT_S,
+    Federation,
+    env,
+    federation_at,
+    fedlora,
+    free_ports,
+    marked,
+    run,
+    run_folder,
+    run_records,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-
-FEDLORA = Path(sys.executable).parent / "fedlora"
-MARKER = "FEDLORA_DEPLOY_TEST"
-TOKEN = uuid.uuid4().hex
-RUN_TIMEOUT_S = 420.0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({MARKER: TOKEN, "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"})
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def fedlora(*args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(FEDLORA), *map(str, args)], env=_env(), capture_output=True, text=True,
-        timeout=timeout, check=False,
-    )  # fmt: skip
-
-
-def _marked() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if proc.pid != os.getpid() and proc.environ().get(MARKER) == TOKEN:
-                found.append(proc)
-    return found
-
-
-@dataclass
-class Daemons:
-    """Foreground `fedlora ... start` commands, each in its own process group."""
-
-    logs: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, *args: str | Path) -> None:
-        with (self.logs / f"{name}.log").open("ab") as out:
-            self.procs[name] = subprocess.Popen(
-                [str(FEDLORA), *map(str, args)], env=_env(), stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-    def stop(self, name: str, *, timeout: float = 30.0) -> int:
-        proc = self.procs.pop(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            return proc.wait()
-
-    def stop_all(self, *, force: bool = False) -> None:
-        for name in list(self.procs):
-            self.stop(name)
-        for proc in _marked() if force else []:  # after a failure: whatever was left behind
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-
-
-@dataclass(frozen=True)
-class Federation:
-    fed: Path
-    root: Path
-    ports: tuple[int, int, int]  # fleet, control, enroll
-    daemons: Daemons
-
-    def start_server(self) -> None:
-        fleet, control, enroll = self.ports
-        (self.daemons.logs / "server.log").touch()
-        self.daemons.start(
-            "server", "server", "start", "--dir", self.fed, "--bind", "127.0.0.1",
-            "--fleet-port", str(fleet), "--control-port", str(control),
-            "--enroll-port", str(enroll),
-        )  # fmt: skip
-        log = self.daemons.logs / "server.log"
-        seen = len(log.read_text(errors="replace"))  # a restart appends to the same log
-
-        def ready() -> bool:
-            return "next: fedlora server invite" in self.daemons.log("server")[seen:]
-
-        _wait_for(ready, 60, "server")
-
-    def invite(self, name: str, ttl: str = "10m") -> str:
-        done = fedlora("server", "invite", "--dir", self.fed, "--name", name, "--ttl", ttl)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip().splitlines()[-1]
-
-    def status(self) -> dict[str, str]:
-        done = fedlora("server", "nodes", "--dir", self.fed)
-        assert done.returncode == 0, done.stderr
-        rows = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
-        return {row[0]: row[3] for row in rows if len(row) >= 5}
-
-
-def _wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not ready after {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    root = tmp_path_factory.mktemp("deploy")
-    (root / "logs").mkdir()
-    daemons = Daemons(root / "logs")
-    fed = Federation(root / "FED", root, tuple(_free_ports(3)), daemons)  # type: ignore[arg-type]
-    done = fedlora("server", "init", "--dir", fed.fed, "--host", "127.0.0.1")
-    assert done.returncode == 0, done.stderr
-    data = fedlora("data", "synth", "--out", root / "data", "--partitions", "3",
-                   "--train", "48", "--eval", "16")  # fmt: skip
-    assert data.returncode == 0, data.stderr
-    try:
-        fed.start_server()
+    with federation_at(tmp_path_factory.mktemp("deploy")) as fed:
         yield fed
-    finally:
-        daemons.stop_all(force=True)
 
 
 def test_init_refuses_to_overwrite_and_keys_are_private(federation: Federation) -> None:
@@ -219,8 +99,8 @@ def test_unregistered_key_cannot_take_part(federation: Federation, tmp_path: Pat
             [str(Path(sys.executable).parent / "flower-supernode"), "--superlink",
              f"127.0.0.1:{fleet}", "--root-certificates", str(federation.fed / "ca.pem"),
              "--auth-supernode-private-key", str(tmp_path / "node.key"),
-             "--port", str(_free_ports(1)[0]), "--max-retries", "2"],
-            env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+             "--port", str(free_ports(1)[0]), "--max-retries", "2"],
+            env=env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         code = rogue.wait(timeout=120)
@@ -231,23 +111,6 @@ def test_unregistered_key_cannot_take_part(federation: Federation, tmp_path: Pat
     assert "Failed to activate SuperNode" in log.read_text(errors="replace")
 
 
-def _run(federation: Federation, *config: str) -> subprocess.CompletedProcess[str]:
-    args: list[str | Path] = ["run", "--dir", federation.fed]
-    for item in ("local-steps=4", "synth-eval-examples=16", "batch-size=4", *config):
-        args += ["--config", item]
-    return fedlora(*args, timeout=RUN_TIMEOUT_S)
-
-
-def _run_folder(stdout: str) -> str:
-    line = next(line for line in stdout.splitlines() if "run folder " in line)
-    return line.split("run folder ", 1)[1].split(" (resumed")[0].strip()
-
-
-def _records(stdout: str) -> list[dict[str, object]]:
-    lines = (Path(_run_folder(stdout)) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federation) -> None:
     root = federation.root
     for name, folder, rank in (("hospital-a", "hospital-cardiology", 4),
@@ -256,18 +119,18 @@ def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federatio
         assert joined.returncode == 0, joined.stderr
         federation.daemons.start(name, "node", "start", "--dir", root / name,
                                  "--data", root / "data" / folder, "--rank", str(rank))  # fmt: skip
-    _wait_for(
+    wait_for(
         lambda: [federation.status().get(n) for n in ("hospital-a", "bank-b")] == ["online"] * 2,
         60,
         "both nodes online",
     )
 
     started = time.monotonic()
-    done = _run(federation, "num-server-rounds=2", "min-nodes=1")
+    done = run(federation, "num-server-rounds=2", "min-nodes=1")
     wall = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "[fedlora] round 2/2" in done.stdout
-    records = _records(done.stdout)
+    records = run_records(done.stdout)
     first, last = records[0], records[-1]
     assert set(last["nodes"]) == {"hospital-a", "bank-b"}  # type: ignore[arg-type]
     for name in ("hospital-a", "bank-b"):
@@ -284,14 +147,14 @@ def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federatio
     revoked = fedlora("server", "revoke", "--dir", federation.fed, "bank-b")
     assert revoked.returncode == 0, revoked.stderr
     assert federation.status()["bank-b"] == "revoked"
-    _wait_for(lambda: federation.status().get("hospital-a") == "online", 90, "reconnect")
+    wait_for(lambda: federation.status().get("hospital-a") == "online", 90, "reconnect")
     # The same run, resumed from its checkpoint for a third round: only the unrevoked node.
-    run_dir = Path(_run_folder(done.stdout))
+    run_dir = Path(run_folder(done.stdout))
     resumed = fedlora("run", "--dir", federation.fed, "--resume", run_dir, "--rounds", "3",
                       timeout=RUN_TIMEOUT_S)  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
     assert "resumed after round 2" in resumed.stdout
-    records = _records(resumed.stdout)
+    records = run_records(resumed.stdout)
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     assert set(records[-1]["nodes"]) == {"hospital-a"}  # type: ignore[arg-type]
 
@@ -323,4 +186,4 @@ def test_node_start_checks_its_inputs(federation: Federation, tmp_path: Path) ->
 
 def test_server_stop_leaves_no_process(federation: Federation) -> None:
     federation.daemons.stop_all()
-    _wait_for(lambda: not _marked(), 30, "every started process ended")
+    wait_for(lambda: not marked(), 30, "every started process ended")

@@ -251,3 +251,15 @@ def test_a_node_claiming_another_nodes_name_cannot_overwrite_its_record() -> Non
     nodes = strategy.report(1).to_json()["nodes"].values()
     assert sorted(n["node_id"] for n in nodes) == [*GOOD, 2200]  # one record each, none lost
     assert [n["node_id"] for n in nodes if n["rejected"]] == [2200]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.permutations(GOOD))
+def test_the_result_does_not_depend_on_the_order_replies_arrive(order: list[int]) -> None:
+    """Bitwise: replies are aggregated in node-name order, whatever order the network gives."""
+    strategy, sent = _round(list(GOOD), salt="order")
+    arrays, _ = strategy.aggregate_train(1, [_reply(sent[n]) for n in order])
+    assert arrays is not None
+    good = _good_only()
+    for key in good:
+        np.testing.assert_array_equal(arrays[key].numpy(), good[key].numpy())
