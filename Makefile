@@ -33,8 +33,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) scripts/bench_recompress.py
-	$(PY) scripts/bench_dp.py
+	$(PY) -m bench.recompress
+	$(PY) -m bench.dp
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
