@@ -13,8 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -37,22 +38,36 @@ def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def spawn(
-    argv: Sequence[str], *, env: Mapping[str, str], log_path: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new process group; output to ``log_path`` (appended) or inherited."""
+    argv: Sequence[str], *, env: Mapping[str, str], log_path: Path | None = None,
+    watch: Callable[[bytes], None] | None = None,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Start ``argv`` in a new process group; output to ``log_path`` (appended), or passed
+    through to ours with each line shown to ``watch`` first, or inherited."""
     out = log_path.open("ab") if log_path is not None else None
+    piped = out is None and watch is not None
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(argv),
             env=dict(env),
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
+            stdout=subprocess.PIPE if piped else out,
+            stderr=subprocess.STDOUT if out or piped else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     finally:
         if out is not None:
             out.close()
+    if piped and watch is not None:
+        threading.Thread(target=_relay, args=(proc, watch), daemon=True).start()
+    return proc
+
+
+def _relay(proc: subprocess.Popen[bytes], watch: Callable[[bytes], None]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:  # ends when every holder of the pipe (children too) has exited
+        watch(line)
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
 
 
 def descendants(pid: int) -> list[psutil.Process]:

@@ -17,8 +17,9 @@ import hashlib
 import json
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +31,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from client.daemon import StopRequested, bin_dir, daemon_env, raise_on_signals, spawn, stop
 from client.data import read_jsonl
 from client.files import write_json_atomic, write_private
+from client.privacy_settings import KEYS as PRIVACY_KEYS
+from client.privacy_settings import node_privacy
+from client.settings import ConfigValue, SettingsError
 from client.synth import EVAL_FILE, TRAIN_FILE
 from protos.enrollment.join import enroll, split_address
 from protos.enrollment.tokens import parse_token
 
 NODE_JSON = "node.json"
+# What Flower's SuperNode prints (exit code 305) when the SuperLink does not activate its key.
+ACTIVATION_REFUSED = b"Failed to activate SuperNode"
+ACTIVATION_RETRY_S = 150.0
+RETRY_PAUSE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -187,9 +195,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def node_config(node: NodeDir, info: NodeInfo, *, data: Path, rank: int | None, device: str) -> str:
+# What a node admin may set at `node start --config`: the node's own privacy policy (it may only
+# tighten the run's) and local tuning. Data, name, rank, device and state folder have flags.
+NODE_CONFIG_KEYS = (*PRIVACY_KEYS, "lora-alpha", "num-threads")
+
+
+def check_node_overrides(overrides: Mapping[str, ConfigValue]) -> None:
+    """Known keys, values the ClientApp will accept; raise naming every problem."""
+    unknown = sorted(set(overrides) - set(NODE_CONFIG_KEYS))
+    if unknown:
+        raise SettingsError([f"`--config` key(s) {unknown} are not node settings: use "
+                             f"{', '.join(NODE_CONFIG_KEYS)}"])  # fmt: skip
+    node_privacy(overrides, {})  # types, ranges and impossible combinations, before connecting
+
+
+def node_config(
+    node: NodeDir, info: NodeInfo, *, data: Path, rank: int | None, device: str,
+    overrides: Mapping[str, ConfigValue] | None = None,
+) -> str:  # fmt: skip
     """The SuperNode's ``--node-config``: what the ClientApp reads as this node's settings."""
-    pairs: dict[str, str | int] = {
+    pairs: dict[str, ConfigValue] = {
+        **(overrides or {}),
         "data-path": str(data.resolve()),
         "node-name": info.name,
         "state-dir": str(node.state.resolve()),
@@ -228,6 +254,7 @@ def start(
     rank: int | None = None,
     device: str = "auto",
     port: int | None = None,
+    overrides: Mapping[str, ConfigValue] | None = None,
     echo: Callable[[str], None] = print,
 ) -> int:
     """Run Flower's SuperNode for this node until SIGINT/SIGTERM (reconnecting as needed)."""
@@ -235,31 +262,61 @@ def start(
     info = node.load()
     warning = check_federation(node, info)
     check_data(data)
+    check_node_overrides(overrides or {})
     if rank is not None and rank < 1:
         raise ValueError(f"`--rank` is {rank}: use an integer >= 1")
     if info.insecure:
         echo("[fedlora] WARNING: --insecure node: traffic is PLAINTEXT and unauthenticated")
     node.state.mkdir(exist_ok=True)
     node.flower_home.mkdir(exist_ok=True)
-    config = node_config(node, info, data=data, rank=rank, device=device)
+    config = node_config(node, info, data=data, rank=rank, device=device, overrides=overrides)
     argv = supernode_argv(node, info, config=config, port=port or free_port())
     if warning:
         echo(f"[fedlora] {warning}")
     raise_on_signals()
     env = daemon_env({"FLWR_HOME": str(node.flower_home)})
     echo(f"[fedlora] node {info.name}: connecting to {info.superlink} (Ctrl-C to stop)")
-    proc = spawn(argv, env=env)
     try:
-        while proc.poll() is None:
-            time.sleep(0.5)
-        echo(
-            f"[fedlora] error: the SuperNode stopped (exit code {proc.returncode}); if the server "
-            "refused this node's key, ask the operator whether it was revoked "
-            "(`fedlora server nodes`)"
-        )
-        return 1
+        return _supervise(argv, env, echo)
     except StopRequested as sig:
         echo(f"[fedlora] {sig}: stopping node {info.name}")
         return 0
-    finally:
-        stop(proc)
+
+
+def _supervise(argv: list[str], env: Mapping[str, str], echo: Callable[[str], None]) -> int:
+    """Run the SuperNode; start it again while the SuperLink refuses to activate it.
+
+    After a node crashes, the SuperLink counts its old session as online until two heartbeat
+    intervals (60 s) pass and refuses to activate the same key meanwhile (Flower exit code 305).
+    A revoked key is refused the same way, so the retries stop after ``ACTIVATION_RETRY_S``.
+    """
+    refused_since: float | None = None
+    while True:
+        refused = threading.Event()
+
+        def watch(line: bytes, refused: threading.Event = refused) -> None:
+            if ACTIVATION_REFUSED in line:
+                refused.set()
+
+        proc = spawn(argv, env=env, watch=watch)
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+        finally:
+            stop(proc)
+        if proc.returncode == 0 or not refused.wait(timeout=3.0):  # the relay may lag
+            break
+        refused_since = refused_since or time.monotonic()
+        if time.monotonic() - refused_since > ACTIVATION_RETRY_S:
+            break
+        echo(
+            "[fedlora] the server did not activate this node yet (an earlier session may still "
+            f"count as online for up to a minute); retrying in {RETRY_PAUSE_S:.0f} s"
+        )
+        time.sleep(RETRY_PAUSE_S)
+    echo(
+        f"[fedlora] error: the SuperNode stopped (exit code {proc.returncode}); if the server "
+        "refused this node's key, ask the operator whether it was revoked "
+        "(`fedlora server nodes`)"
+    )
+    return 1

@@ -16,7 +16,7 @@ from client.settings import DEFAULT_RUN_CONFIG, ConfigValue, SettingsError
 from protos.enrollment.registry import Refused
 
 
-def parse_override(text: str) -> tuple[str, ConfigValue]:
+def parse_key_value(text: str) -> tuple[str, ConfigValue]:
     """Parse ``key=value``; the value is TOML (``3``, ``0.5``, ``true``), else a bare string."""
     key, sep, raw = text.partition("=")
     key = key.strip()
@@ -24,15 +24,21 @@ def parse_override(text: str) -> tuple[str, ConfigValue]:
         raise argparse.ArgumentTypeError(
             f"`--config` got {text!r}: write key=value, e.g. local-steps=10"
         )
-    if key not in DEFAULT_RUN_CONFIG:
-        known = ", ".join(sorted(DEFAULT_RUN_CONFIG))
-        raise argparse.ArgumentTypeError(f"`--config` key {key!r} is unknown: use one of {known}")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
     if not isinstance(value, bool | int | float | str):
         raise argparse.ArgumentTypeError(f"`--config {key}` must be a number, boolean or string")
+    return key, value
+
+
+def parse_override(text: str) -> tuple[str, ConfigValue]:
+    """A run-config ``key=value``: the key must be a run-config key."""
+    key, value = parse_key_value(text)
+    if key not in DEFAULT_RUN_CONFIG:
+        known = ", ".join(sorted(DEFAULT_RUN_CONFIG))
+        raise argparse.ArgumentTypeError(f"`--config` key {key!r} is unknown: use one of {known}")
     return key, value
 
 
@@ -184,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     from server.cli_deploy import add_node_commands, add_server_commands
 
     add_server_commands(sub, parse_override)
-    add_node_commands(sub)
+    add_node_commands(sub, parse_key_value)
     return parser
 
 

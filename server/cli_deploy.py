@@ -94,7 +94,14 @@ def _cmd_node_join(args: argparse.Namespace) -> int:
 def _cmd_node_start(args: argparse.Namespace) -> int:
     from client.node import start
 
-    return start(args.dir, data=args.data, rank=args.rank, device=args.device, port=args.local_port)
+    return start(
+        args.dir,
+        data=args.data,
+        rank=args.rank,
+        device=args.device,
+        port=args.local_port,
+        overrides=dict(args.config or []),
+    )
 
 
 def add_server_commands(sub: Any, parse_override: Parse) -> None:
@@ -165,7 +172,7 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
     run.set_defaults(func=_cmd_run)
 
 
-def add_node_commands(sub: Any) -> None:
+def add_node_commands(sub: Any, parse_value: Parse) -> None:
     node = sub.add_parser("node", help="node admin: join a federation, run the node")
     cmds = node.add_subparsers(dest="node_command", required=True)
     join = cmds.add_parser("join", help="enroll this node with an invitation token")
@@ -181,5 +188,13 @@ def add_node_commands(sub: Any) -> None:
     start.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     start.add_argument(
         "--local-port", type=int, help="local port for Flower's ClientApp API (default: a free one)"
+    )
+    start.add_argument(
+        "--config",
+        type=parse_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="this node's own policy, e.g. --config privacy=dp-sgd --config dp-max-epsilon=8 "
+        "(may only tighten the run's privacy; repeatable)",
     )
     start.set_defaults(func=_cmd_node_start)

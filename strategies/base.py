@@ -38,7 +38,7 @@ from strategies.replies import (
     parse_train_replies,
 )
 from strategies.report import RoundReport
-from strategies.rounds import RoundFailedError, RoundPolicy, screen_replies
+from strategies.rounds import RoundFailedError, RoundPolicy, addressee, screen_replies
 from strategies.validation import ReplyLimits, Shapes, fingerprint
 
 GlobalAdapter = dict[str, LowRank]
@@ -104,6 +104,7 @@ class LoraStrategy(Strategy):
         self._grid: Grid | None = None
         self._train_config = ConfigRecord()
         self._sent: list[Message] = []
+        self._sent_eval: list[Message] = []
         self._fingerprint: tuple[int, str] = (-1, "")
 
     # -- the algorithm ------------------------------------------------------------------------
@@ -174,7 +175,8 @@ class LoraStrategy(Strategy):
         )
         server_round += self.round_offset
         config = ConfigRecord({**config, "server-round": server_round})
-        return self._messages(server_round, "evaluate", nodes, config)
+        self._sent_eval = self._messages(server_round, "evaluate", nodes, config)
+        return self._sent_eval
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -261,7 +263,8 @@ class LoraStrategy(Strategy):
         results = []
         for msg in replies:
             result = parse_eval_reply(msg)
-            entry = report.node(result.node_id, self._label(result.node_id, result.name))
+            node = addressee(msg, self._sent_eval)  # the SuperLink's errors name no node
+            entry = report.node(node, self._label(node, result.name))
             if isinstance(result, Rejected):
                 entry.rejected = result.reason
                 log(

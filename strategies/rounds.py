@@ -73,6 +73,8 @@ def screen_replies(
         elif counts[node] > 1:
             reason = f"{counts[node]} replies from this node in one round; at most one is allowed"
             refused.append(Rejected(node, "", reason))
+        elif meta.src_node_id != node:  # the SuperLink's own error reply, e.g. node unavailable
+            refused.append(Rejected(node, "", f"{reply.error.reason} (error {reply.error.code})"))
         else:
             kept.append(reply)
     silent = sorted({m.metadata.dst_node_id for m in sent} - set(counts))
@@ -81,6 +83,11 @@ def screen_replies(
         for node in silent
     ]
     return kept, refused
+
+
+def addressee(reply: Message, sent: Sequence[Message]) -> int:
+    """The node a reply is charged to (see :func:`_sender`)."""
+    return _sender(reply, {m.metadata.message_id: m for m in sent if m.metadata.message_id})
 
 
 def _sender(reply: Message, by_id: dict[str, Message]) -> int:

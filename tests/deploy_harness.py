@@ -136,13 +136,16 @@ class Federation:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
 
-    def join_and_start(self, name: str, data: str, rank: int) -> None:
+    def join_and_start(self, name: str, data: str, rank: int, *extra: str) -> None:
         """Invite ``name``, join it into ``root/name`` and start it on ``root/data/<data>``."""
         if not (self.root / name / "node.json").is_file():
             joined = fedlora("node", "join", self.invite(name), "--dir", self.root / name)
             assert joined.returncode == 0, joined.stderr
-        self.daemons.start(name, "node", "start", "--dir", self.root / name,
-                           "--data", self.root / "data" / data, "--rank", str(rank))  # fmt: skip
+        folder = self.root / "data" / data
+        self.daemons.start(
+            name, "node", "start", "--dir", self.root / name, "--data", folder, "--rank", str(rank),
+            *extra,
+        )  # fmt: skip
 
     def wait_online(self, *names: str, timeout: float = 90.0) -> None:
         def online() -> bool:

@@ -263,3 +263,26 @@ def test_the_result_does_not_depend_on_the_order_replies_arrive(order: list[int]
     good = _good_only()
     for key in good:
         np.testing.assert_array_equal(arrays[key].numpy(), good[key].numpy())
+
+
+def test_the_superlinks_own_error_replies_are_charged_to_the_addressee() -> None:
+    """Flower answers for a node that stopped heart-beating (src = the SuperLink, not the node):
+    the refusal is recorded against that node, in training and in evaluation."""
+    strategy, sent = _round(list(GOOD), salt="unavailable")
+    lost = Message(Error(code=5, reason="Node Unavailable"), reply_to=sent[1003])
+    lost.metadata.__dict__["_src_node_id"] = 1  # as the SuperLink sends it
+    arrays, _ = strategy.aggregate_train(1, [_reply(sent[1001]), _reply(sent[1002]), lost])
+    assert arrays is not None
+    report = strategy.report(1)
+    assert "Node Unavailable" in (report.nodes[1003].rejected or "")
+    assert 1 not in report.nodes
+
+    grid = InProcessGrid(ClientApp(), node_contexts([{} for _ in GOOD], {}))
+    evals = list(strategy.configure_evaluate(1, arrays, ConfigRecord(), grid))
+    grid.push_messages(evals)
+    gone = Message(Error(code=5, reason="Node Unavailable"), reply_to=evals[0])
+    gone.metadata.__dict__["_src_node_id"] = 1
+    strategy.aggregate_evaluate(1, [gone])
+    assert "Node Unavailable" in (strategy.report(1).nodes[evals[0].metadata.dst_node_id].rejected
+                                  or "")  # fmt: skip
+    assert 1 not in strategy.report(1).nodes
