@@ -1,7 +1,8 @@
 """The fedlora ClientApp: one institution's node.
 
 Each message may run in a fresh process, so nothing is kept between rounds in module globals:
-the node is stateless for FLoRA (the global adapter arrives with every message).
+the node is stateless for FLoRA (the global adapter arrives with every message). The loaded base
+model is kept across messages in the process (client/base_cache.py): losing it costs only time.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from client import base_cache
 from client.data import load_node_texts
 from client.ledger import LedgerError
-from client.model import load_base, merge_global_adapter, pick_device
+from client.model import pick_device, pick_dtype
 from client.node_mode import NodeMode, start_lora
 from client.privacy_node import (
     BudgetExceededError,
@@ -61,6 +63,8 @@ def _reply_or_error(
             return Message(Error(code=ERROR_BAD_INPUT, reason=str(err)), reply_to=msg)
         except (BudgetExceededError, LedgerError) as err:
             return Message(Error(code=ERROR_PRIVACY, reason=str(err)), reply_to=msg)
+        finally:
+            base_cache.release()  # the base model back to the cache, restored (or dropped)
         return Message(content, reply_to=msg)
 
     wrapped.__name__ = handler.__name__
@@ -70,7 +74,7 @@ def _reply_or_error(
 @dataclass(frozen=True)
 class _Job:
     """What every instruction starts from: the node's settings and the base model with the
-    global adapter merged in."""
+    global adapter applied (client/base_cache.py)."""
 
     settings: NodeSettings
     config: TrainConfig
@@ -85,9 +89,15 @@ def _prepare(msg: Message, context: Context, *, merge: bool = True) -> _Job:
         raise ValueError(f"instruction lacks `{p.CONFIG}` or `{p.ARRAYS}`: server and node "
                          "run different fedlora versions")  # fmt: skip
     config = TrainConfig.from_config(dict(content.config_records[p.CONFIG]))
-    model, tokenizer = load_base(settings.base_model, device=pick_device(settings.device))
+    device = pick_device(settings.device)
+    model, tokenizer = base_cache.checkout(  # kept across messages; restored after each one
+        settings.base_model,
+        device=device,
+        dtype=pick_dtype(settings.dtype, device),
+        gradient_checkpointing=settings.gradient_checkpointing,
+    )
     if merge:  # node-mode `continue` trains the global factors instead (client/node_mode.py)
-        model = merge_global_adapter(model, p.from_record(content.array_records[p.ARRAYS]))
+        base_cache.apply_global(model, p.from_record(content.array_records[p.ARRAYS]))
     return _Job(settings, config, model, tokenizer)
 
 

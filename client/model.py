@@ -94,20 +94,32 @@ def pick_device(setting: str) -> torch.device:
 
 
 def load_base(
-    base_model: str, *, device: torch.device
+    base_model: str, *, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer with ``from_pretrained`` (local folder or hub id)."""
+    """Load a causal LM (in ``dtype``) and its tokenizer with ``from_pretrained`` (local folder
+    or hub id)."""
     path = resolve_model_path(base_model)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, local_files_only=offline
-    )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=offline)
     model.to(device)  # type: ignore[arg-type]  # before peft wrapping (opacus#820)
     model.config.use_cache = False
     return model, tokenizer
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 on a CUDA device that supports it, else fp32; or the named dtype."""
+    if setting == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if setting not in DTYPES:
+        raise ValueError(f"`dtype` is {setting!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[setting]
 
 
 def module_name(peft_key: str) -> str:

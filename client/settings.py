@@ -14,6 +14,7 @@ ConfigValue = bool | int | float | str  # Flower's UserConfigValue
 Config = Mapping[str, Any]
 
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # node setting `dtype` (client/model.py)
 
 # The run config and its defaults, shared by the ServerApp and every ClientApp of a run. This is
 # the single source: pyproject.toml's [tool.flwr.app.config] repeats it (a test keeps them equal).
@@ -82,6 +83,8 @@ class NodeSettings:
     synth_train_examples: int
     synth_eval_examples: int
     seed: int
+    dtype: str = "auto"  # auto: bf16 on CUDA where supported, else fp32
+    gradient_checkpointing: bool = False
 
     @property
     def scaling(self) -> float:
@@ -125,6 +128,10 @@ def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
     device = str(node_config.get("device", "auto"))
     if device not in DEVICES and not device.startswith("cuda:"):
         problems.append(f"`device` is {device!r}: use one of {', '.join(DEVICES)} or cuda:N")
+    dtype = str(node_config.get("dtype", "auto"))
+    if dtype not in DTYPES:
+        problems.append(f"`dtype` is {dtype!r}: use one of {', '.join(DTYPES)}")
+    checkpointing = _to_bool(node_config, "gradient-checkpointing", problems)
     train_n = _opt_int(run_config, "synth-train-examples", problems)
     eval_n = _opt_int(run_config, "synth-eval-examples", problems)
     seed = _opt_int(run_config, "seed", problems)
@@ -142,7 +149,19 @@ def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
         synth_train_examples=train_n,
         synth_eval_examples=eval_n,
         seed=seed,
+        dtype=dtype,
+        gradient_checkpointing=checkpointing,
     )
+
+
+def _to_bool(config: Config, key: str, problems: list[str]) -> bool:
+    value = config.get(key, False)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        problems.append(f"`{key}` is {value!r}: use true or false")
+        return False
+    return value
 
 
 def _node_rank(node: Config, run: Config, partition: int | None, problems: list[str]) -> int:

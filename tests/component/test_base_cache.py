@@ -1,0 +1,109 @@
+"""The node's base-model cache: a speed-up only — results equal a fresh load, message after message;
+and the low-precision node keeps the global update (client/base_cache.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from numpy.typing import NDArray
+
+from client import base_cache
+from client.model import attach_lora, load_base, lora_factors, merge_global_adapter
+from client.settings import TrainConfig
+from client.training import train_local
+
+CPU = torch.device("cpu")
+IDS = torch.tensor([[1, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 2]])
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    base_cache.release()
+    base_cache._idle.clear()
+    yield
+    base_cache.release()
+    base_cache._idle.clear()
+
+
+def global_adapter(model_dir: str, *, rank: int, scale: float, seed: int) -> dict[str, NDArray]:
+    """Random global factors (scaling 1) for every linear module of the model."""
+    model, _ = load_base(model_dir, device=CPU)
+    shapes = lora_factors(attach_lora(model, rank=rank, alpha=rank, target_modules="all-linear",
+                                      seed=0))  # fmt: skip
+    rng = np.random.default_rng(seed)
+    return {k: (scale * rng.standard_normal(v.shape)).astype(np.float32) for k, v in shapes.items()}
+
+
+def fresh_logits(model_dir: str, arrays: dict[str, NDArray]) -> torch.Tensor:
+    """Today's route: a fresh fp32 load with the global adapter merged by peft."""
+    model, _ = load_base(model_dir, device=CPU)
+    merged = merge_global_adapter(model, arrays)
+    with torch.no_grad():
+        return merged(input_ids=IDS).logits
+
+
+def message(model_dir: str, arrays: dict[str, NDArray], *, train: bool, dtype: torch.dtype
+            = torch.float32) -> torch.Tensor:  # fmt: skip
+    """One node message on the cached model: apply the global, (train a LoRA,) score; release."""
+    model, tokenizer = base_cache.checkout(model_dir, device=CPU, dtype=dtype,
+                                           gradient_checkpointing=train)  # fmt: skip
+    try:
+        base_cache.apply_global(model, arrays)
+        with torch.no_grad():
+            logits = model(input_ids=IDS).logits.float()
+        if train:
+            peft_model = attach_lora(model, rank=4, alpha=8, target_modules="all-linear", seed=1)
+            rows = [IDS[0].tolist()] * 4
+            config = TrainConfig(local_steps=2, batch_size=2)
+            train_local(peft_model, rows, config, pad_id=tokenizer.pad_token_id, seed=0)
+        return logits
+    finally:
+        base_cache.release()
+
+
+@pytest.mark.parametrize("fixture", ["embedded_dir", "tiny_gpt2_dir"])
+def test_cached_messages_match_a_fresh_load(fixture: str, request: pytest.FixtureRequest) -> None:
+    model_dir = str(request.getfixturevalue(fixture))
+    globals_ = [global_adapter(model_dir, rank=r, scale=0.05, seed=r) for r in (8, 16, 4)]
+    first = message(model_dir, globals_[0], train=True)
+    cached = next(iter(base_cache._idle.values())).model
+    for arrays in [*globals_[1:], globals_[0]]:
+        logits = message(model_dir, arrays, train=True)
+        assert torch.equal(logits, fresh_logits(model_dir, arrays))  # bit for bit
+    assert torch.equal(first, fresh_logits(model_dir, globals_[0]))
+    assert next(iter(base_cache._idle.values())).model is cached  # reused, not reloaded
+
+
+def test_cache_restores_the_base_weights_after_a_failed_message(embedded_dir: Path) -> None:
+    model, _ = base_cache.checkout(str(embedded_dir), device=CPU, dtype=torch.float32,
+                                   gradient_checkpointing=False)  # fmt: skip
+    base_cache.apply_global(model, global_adapter(str(embedded_dir), rank=4, scale=0.1, seed=0))
+    attach_lora(model, rank=4, alpha=8, target_modules="all-linear", seed=0)
+    base_cache.release()  # as the ClientApp does when a handler raises
+    fresh, _ = load_base(str(embedded_dir), device=CPU)
+    cached = next(iter(base_cache._idle.values())).model
+    assert cached.state_dict().keys() == fresh.state_dict().keys()
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(cached.state_dict()[key], value), key
+    assert not hasattr(cached, "peft_config")
+
+
+def test_cache_off_loads_per_message(embedded_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(base_cache.ENV_SWITCH, "0")
+    model_dir = str(embedded_dir)
+    message(model_dir, global_adapter(model_dir, rank=4, scale=0.1, seed=0), train=False)
+    assert not base_cache._idle
+
+
+def test_unknown_module_is_a_clear_error(embedded_dir: Path) -> None:
+    model, _ = base_cache.checkout(str(embedded_dir), device=CPU, dtype=torch.float32,
+                                   gradient_checkpointing=False)  # fmt: skip
+    bad = {"model.layers.9.q_proj.lora_A.weight": np.zeros((2, 4), np.float32),
+           "model.layers.9.q_proj.lora_B.weight": np.zeros((4, 2), np.float32)}  # fmt: skip
+    with pytest.raises(ValueError, match="different base models"):
+        base_cache.apply_global(model, bad)
+    base_cache.release()
