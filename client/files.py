@@ -16,7 +16,8 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old or the new file."""
+    """Temp file in the same folder, fsync, rename, fsync the folder: readers (and a restart
+    after a crash) see the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -28,3 +29,8 @@ def write_json_atomic(path: Path, data: object) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)

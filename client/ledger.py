@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from opacus.accountants import RDPAccountant
+
+from client.files import write_json_atomic
 
 LEDGER_FILE = "privacy-ledger.json"
 FORMAT = "fedlora-privacy-ledger"
@@ -130,22 +130,7 @@ def save_ledger(state_dir: Path, ledger: Ledger) -> Path:
     """Write the ledger atomically: a crash leaves the old file or the new one, never half."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / LEDGER_FILE
-    text = json.dumps(_to_json(ledger), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".ledger-", suffix=".tmp", dir=state_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
+    write_json_atomic(path, _to_json(ledger))
     return path
 
 
