@@ -67,7 +67,7 @@ def test_ledger_survives_a_restart_and_continues(tmp_path: Path) -> None:
     save_ledger(tmp_path, more)
     reread = load_ledger(tmp_path, fingerprint=FP, delta=1e-5)
     assert reread.epsilon() == pytest.approx(epsilon_of([(1.0, 0.1, 100)], delta=1e-5), abs=1e-3)
-    assert not list(tmp_path.glob(".ledger-*"))  # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == [LEDGER_FILE]  # no temporary file left
     written = json.loads((tmp_path / LEDGER_FILE).read_text())
     assert written["epsilon"] == pytest.approx(reread.epsilon())
 
