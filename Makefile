@@ -32,9 +32,9 @@ flower-demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The benchmark suite (bench/run.py): ~7 min on 2 idle CPU cores; JSON + markdown in runs/bench/.
 bench: $(STAMP)
-	$(PY) -m bench.recompress
-	$(PY) -m bench.dp
+	$(PY) -m bench.run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -151,7 +151,7 @@ def _merge(
     conv1d: bool,
 ) -> None:
     """``W += B_g @ A_g`` with the rank-padded factors: peft's ``merge_and_unload``, bit for bit."""
-    weight: torch.Tensor = layer.weight
+    weight = _weight(layer)
     if name not in entry.saved:
         entry.saved[name] = weight.detach().clone()
     a = _factor(padded, A_SUFFIX).to(weight.device)  # (R, in)
@@ -159,6 +159,12 @@ def _merge(
     delta = b @ a  # (out, in)
     with torch.no_grad():
         weight.data += (delta.T if conv1d else delta) * 1.0
+
+
+def _weight(layer: torch.nn.Module) -> torch.Tensor:
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def _add_hook(
@@ -171,7 +177,8 @@ def _add_hook(
 
     def hook(_: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         delta = (args[0].to(torch.float32) @ a.T) @ b.T  # (…, r) -> (…, out)
-        return (output.to(torch.float32) + delta).to(output.dtype)
+        result: torch.Tensor = (output.to(torch.float32) + delta).to(output.dtype)
+        return result
 
     return layer.register_forward_hook(hook)
 
@@ -183,11 +190,11 @@ def _set_checkpointing(model: PreTrainedModel, *, enabled: bool) -> None:
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # type: ignore[no-untyped-call]
     elif hasattr(model, "activation_checkpointing_disable"):
-        model.activation_checkpointing_disable()
+        model.activation_checkpointing_disable()  # type: ignore[no-untyped-call]
     else:
-        model.gradient_checkpointing_disable()
+        model.gradient_checkpointing_disable()  # type: ignore[no-untyped-call]
 
 
 def release() -> None:
@@ -217,13 +224,13 @@ def _restore(entry: _Entry) -> None:
     model.__dict__.pop("peft_config", None)
     with torch.no_grad():
         for name, weight in entry.saved.items():
-            model.get_submodule(name).weight.data.copy_(weight)  # copies kept for the next merge
+            _weight(model.get_submodule(name)).data.copy_(weight)  # copies kept for next merge
     if model.supports_gradient_checkpointing:
         _set_checkpointing(model, enabled=False)
     if getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"):
-        model.disable_input_require_grads()  # peft's hook for checkpointing
+        model.disable_input_require_grads()  # type: ignore[no-untyped-call]  # peft's hook
     model.requires_grad_(True)
     model.zero_grad(set_to_none=True)
-    model.eval()
+    model.train(False)
     if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
         raise RuntimeError("peft layers left in the cached base model")

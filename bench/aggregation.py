@@ -1,0 +1,139 @@
+"""Aggregation at scale: every strategy's math against the dense reference, time and peak memory.
+
+Rank-16 nodes on Llama-7B q/v shapes (4096 × 4096; ``modules`` of the 64 such modules, since
+the work is per module and the ratios do not depend on how many), at 10 and 100 nodes, and
+1000 nodes on one layer's q_proj. The reference forms Σ p_i s_i B_i A_i densely in float32
+(out × in per module). FLoRA and FlexLoRA append to a rank-64 global adapter (a round in
+steady state) and recompress to ``max-global-rank`` 64. Peak memory: tracemalloc's peak of the
+call (numpy allocations), over the factor bytes the nodes sent (fp32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from bench.common import Figure, traced
+from strategies.factors import Factors, LowRank
+from strategies.fedit import fedit_average
+from strategies.ffa import ffa_average
+from strategies.flexlora import flexlora_average
+from strategies.flora import stack
+from strategies.lowrank import accumulate
+from strategies.zeropad import zeropad_average
+
+CAP = 64
+RANK = 16
+Updates = list[dict[str, Factors]]
+Aggregate = Callable[[Updates, list[float], Mapping[str, LowRank]], object]
+
+
+def _flora(updates: Updates, weights: list[float], previous: Mapping[str, LowRank]) -> object:
+    return accumulate(previous, stack(updates, weights), max_rank=CAP)
+
+
+STRATEGIES: dict[str, Aggregate] = {
+    "flora": _flora,
+    "flexlora": lambda u, w, g: flexlora_average(u, w, previous=g, max_rank=CAP),
+    "fedit": lambda u, w, g: fedit_average(u, w),
+    "zeropad": lambda u, w, g: zeropad_average(u, w),
+    "ffa": lambda u, w, g: ffa_average(u, w, previous={}, seed=0),
+}
+
+
+def dense_reference(updates: Updates, weights: Sequence[float]) -> dict[str, np.ndarray]:
+    """Σ_i p_i s_i B_i A_i per module, formed densely in float32."""
+    dense = {}
+    for module in updates[0]:
+        a0, b0, _ = updates[0][module]
+        total = np.zeros((b0.shape[0], a0.shape[1]), dtype=np.float32)  # (out, in)
+        for update, weight in zip(updates, weights, strict=True):
+            a, b, scaling = update[module]
+            total += np.float32(weight * scaling) * (b @ a)
+        dense[module] = total
+    return dense
+
+
+def make_updates(nodes: int, modules: list[str], dim: int, seed: int) -> Updates:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            m: (
+                rng.standard_normal((RANK, dim), dtype=np.float32) * 0.01,
+                rng.standard_normal((dim, RANK), dtype=np.float32) * 0.01,
+                2.0,
+            )
+            for m in modules
+        }
+        for _ in range(nodes)
+    ]
+
+
+def previous_global(modules: list[str], dim: int) -> dict[str, LowRank]:
+    rng = np.random.default_rng(7)
+    return {
+        m: (rng.standard_normal((CAP, dim)) * 0.01, rng.standard_normal((dim, CAP)) * 0.01)
+        for m in modules
+    }
+
+
+def case(
+    nodes: int,
+    modules: list[str],
+    *,
+    dim: int = 4096,
+    strategies: Sequence[str] = tuple(STRATEGIES),
+) -> list[Figure]:
+    """Every strategy vs the dense reference on one federation size."""
+    updates = make_updates(nodes, modules, dim, seed=nodes)
+    weights = [1.0 / nodes] * nodes
+    previous = previous_global(modules, dim)
+    factor_bytes = sum(a.nbytes + b.nbytes for u in updates for a, b, _ in u.values())
+    _, t_dense, m_dense = traced(lambda: dense_reference(updates, weights))
+    label = f"{nodes} nodes × {len(modules)} module(s) {dim}×{dim}, rank {RANK}"
+    figures = [
+        Figure(
+            "aggregation",
+            f"dense float32 reference, {label}",
+            t_dense,
+            "s",
+            "",
+            f"peak {m_dense / 1e6:.0f} MB; factors {factor_bytes / 1e6:.0f} MB",
+        )
+    ]
+    for name in strategies:
+        fn = STRATEGIES[name]
+        _, seconds, peak = traced(lambda fn=fn: fn(updates, weights, previous))  # type: ignore[misc]
+        speed_goal = ">= 10" if name == "flora" and nodes == 100 else ""
+        memory_goal = "<= 3" if name == "flora" and nodes == 100 else ""
+        detail = f"{seconds:.2f} s vs dense {t_dense:.2f} s"
+        figures += [
+            Figure(
+                "aggregation",
+                f"{name}: speed-up over dense, {label}",
+                t_dense / seconds,
+                "×",
+                speed_goal,
+                detail,
+            ),
+            Figure(
+                "aggregation",
+                f"{name}: peak memory / factor bytes, {label}",
+                peak / factor_bytes,
+                "×",
+                memory_goal,
+                f"{peak / 1e6:.0f} MB vs factors {factor_bytes / 1e6:.0f} MB, "
+                f"dense {m_dense / 1e6:.0f} MB",
+            ),
+        ]
+    return figures
+
+
+def run(*, modules: int = 2, full: bool = False) -> list[Figure]:
+    """10 and 100 nodes on ``modules`` q/v modules; 1000 nodes on one q_proj (FLoRA and
+    FlexLoRA there only with ``full``: minutes of QR + SVD at stacked rank 16 064)."""
+    names = [f"layers.{i // 2}.self_attn.{'q' if i % 2 == 0 else 'v'}_proj" for i in range(modules)]
+    figures = case(10, names) + case(100, names)
+    cheap = [s for s in STRATEGIES if full or s not in ("flora", "flexlora")]
+    return figures + case(1000, names[:1], strategies=cheap)
