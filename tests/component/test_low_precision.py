@@ -77,3 +77,23 @@ def test_bf16_node_keeps_the_global_update(embedded_dir: Path) -> None:
     base_cache.release()
     retained = float((delta16 * delta32).sum() / (delta32 * delta32).sum())
     assert retained == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.gpu
+def test_auto_dtype_is_bf16_on_cuda_and_the_node_trains(embedded_dir: Path) -> None:
+    from client.model import pick_dtype
+
+    cuda = torch.device("cuda")
+    assert pick_dtype("auto", cuda) == torch.bfloat16
+    model, tokenizer = base_cache.checkout(str(embedded_dir), device=cuda, dtype=torch.bfloat16,
+                                           gradient_checkpointing=True)  # fmt: skip
+    try:
+        base_cache.apply_global(model, global_adapter(str(embedded_dir), rank=8, scale=0.02,
+                                                      seed=3))  # fmt: skip
+        peft_model = attach_lora(model, rank=8, alpha=16, target_modules="all-linear", seed=1)
+        rows = encode(TEXTS, tokenizer, max_length=64)
+        result = train_local(peft_model, rows, TrainConfig(local_steps=3, batch_size=4),
+                             pad_id=tokenizer.pad_token_id, seed=0)  # fmt: skip
+        assert result.loss_mean == result.loss_mean  # finite, not NaN
+    finally:
+        base_cache.release()
