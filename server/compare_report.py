@@ -43,11 +43,15 @@ def plot_curves(results: Sequence[ArmResult], path: Path) -> None:
 
     settings = sorted({r.arm.ranks for r in results}, key=lambda s: len(set(s.split(","))) == 1)
     fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.8), squeeze=False)
+    labels = list(dict.fromkeys(r.arm.label.rsplit(" [", 1)[0] for r in results))
+    cmap = plt.get_cmap("tab10")
+    colors = {label: cmap(i % 10) for i, label in enumerate(labels)}  # one colour in both panels
     for ax, ranks in zip(axes[0], settings, strict=True):
         for r in (r for r in results if r.arm.ranks == ranks):
             style = "--" if r.arm.kind.startswith(("centralized", "local")) else "-"
             label = r.arm.label.rsplit(" [", 1)[0]
-            ax.plot(range(len(r.curve)), r.curve, style, marker=".", label=label)
+            ax.plot(range(len(r.curve)), r.curve, style, marker=".", label=label,
+                    color=colors[label])  # fmt: skip
         ax.set_title(f"ranks {ranks}")
         ax.set_xlabel("round")
         ax.set_ylabel("mean eval loss (nats/token)")
