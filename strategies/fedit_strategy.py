@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from strategies.base import GlobalAdapter
 from strategies.continuing import ContinueStrategy, refuse
 from strategies.fedit import fedit_average
-from strategies.replies import ClientUpdate, Parsed
+from strategies.replies import ClientUpdate, Parsed, example_weights
 
 
 class FedIT(ContinueStrategy):
@@ -40,7 +40,4 @@ class FedIT(ContinueStrategy):
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
-        total = sum(u.num_examples for u in updates)
-        return fedit_average(
-            [u.factors for u in updates], [u.num_examples / total for u in updates]
-        )
+        return fedit_average([u.factors for u in updates], example_weights(updates))

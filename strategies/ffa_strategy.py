@@ -13,7 +13,7 @@ from strategies import protocol as p
 from strategies.base import GlobalAdapter, LoraStrategy
 from strategies.continuing import refuse
 from strategies.ffa import ffa_average, public_a_mismatch
-from strategies.replies import ClientUpdate, Parsed
+from strategies.replies import ClientUpdate, Parsed, example_weights
 
 
 class FFA(LoraStrategy):
@@ -34,10 +34,9 @@ class FFA(LoraStrategy):
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
-        total = sum(u.num_examples for u in updates)
         return ffa_average(
             [u.factors for u in updates],
-            [u.num_examples / total for u in updates],
+            example_weights(updates),
             previous=global_adapter,
             seed=self.federation.seed,
             server_lr=self.options.server_lr,

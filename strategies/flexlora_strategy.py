@@ -13,7 +13,7 @@ from flwr.common import log
 from strategies.base import GlobalAdapter
 from strategies.continuing import ContinueStrategy
 from strategies.flexlora import flexlora_average
-from strategies.replies import ClientUpdate
+from strategies.replies import ClientUpdate, example_weights
 
 
 class FlexLoRA(ContinueStrategy):
@@ -24,10 +24,9 @@ class FlexLoRA(ContinueStrategy):
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
-        total = sum(u.num_examples for u in updates)
         result = flexlora_average(
             [u.factors for u in updates],
-            [u.num_examples / total for u in updates],
+            example_weights(updates),
             previous=global_adapter,
             server_lr=self.options.server_lr,
             max_rank=self.options.max_global_rank,

@@ -13,7 +13,7 @@ from flwr.common import log
 from strategies.base import GlobalAdapter, LoraStrategy
 from strategies.flora import stack
 from strategies.lowrank import accumulate
-from strategies.replies import ClientUpdate
+from strategies.replies import ClientUpdate, example_weights
 
 
 class FLoRA(LoraStrategy):
@@ -24,9 +24,7 @@ class FLoRA(LoraStrategy):
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
-        total = sum(u.num_examples for u in updates)
-        weights = [u.num_examples / total for u in updates]  # p_i = n_i / sum_j n_j
-        stacked = stack([u.factors for u in updates], weights)
+        stacked = stack([u.factors for u in updates], example_weights(updates))
         eta = self.options.server_lr  # append η·Σ p_i s_i B_i A_i: exact, scales the stacked A
         stacked = {m: (a, b, eta * s) for m, (a, b, s) in stacked.items()}
         result = accumulate(

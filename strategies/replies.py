@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from flwr.app import Message
@@ -186,3 +186,9 @@ def parse_eval_reply(msg: Message) -> EvalResult | Rejected:
     if loss is None or count is None or count < 1:
         return Rejected(node, name, f"reply lacks a finite `{p.EVAL_LOSS}` and `{p.NUM_EXAMPLES}`")
     return EvalResult(node, name, loss, int(count))
+
+
+def example_weights(updates: Sequence[ClientUpdate]) -> list[float]:
+    """FedAvg's weights p_i = n_i / sum_j n_j over the accepted updates."""
+    total = sum(u.num_examples for u in updates)
+    return [u.num_examples / total for u in updates]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from strategies.base import GlobalAdapter
 from strategies.continuing import ContinueStrategy
-from strategies.replies import ClientUpdate
+from strategies.replies import ClientUpdate, example_weights
 from strategies.zeropad import zeropad_average
 
 
@@ -22,6 +22,4 @@ class ZeroPad(ContinueStrategy):
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
-        total = sum(u.num_examples for u in updates)
-        weights = [u.num_examples / total for u in updates]
-        return zeropad_average([u.factors for u in updates], weights)
+        return zeropad_average([u.factors for u in updates], example_weights(updates))

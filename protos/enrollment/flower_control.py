@@ -10,17 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.proto.control_pb2 import (
-    ListNodesRequest,
-    ListRunsRequest,
-    RegisterNodeRequest,
-    UnregisterNodeRequest,
-)
-from flwr.supercore.control import ControlHttpClient
-from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+if TYPE_CHECKING:  # Flower's Control client is imported when a call is made: every `fedlora`
+    # command builds its parser from modules that name ControlAddress, and most never call.
+    from flwr.supercore.control import ControlHttpClient
 
 
 @dataclass(frozen=True)
@@ -51,6 +48,9 @@ def load_node_public_key(openssh: str) -> ec.EllipticCurvePublicKey:
 
 @contextmanager
 def control_client(control: ControlAddress) -> Iterator[ControlHttpClient]:
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
     root = control.ca_cert.read_bytes() if control.ca_cert is not None else None
     client = ControlHttpClient.from_server_address(
         server_address=control.address,
@@ -66,6 +66,8 @@ def control_client(control: ControlAddress) -> Iterator[ControlHttpClient]:
 
 def register_node(control: ControlAddress, *, name: str, public_key: str) -> int:
     """Register an OpenSSH public key with the SuperLink; return Flower's node id."""
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
     pem = load_node_public_key(public_key).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -77,11 +79,15 @@ def register_node(control: ControlAddress, *, name: str, public_key: str) -> int
 
 
 def unregister_node(control: ControlAddress, node_id: int) -> None:
+    from flwr.proto.control_pb2 import UnregisterNodeRequest
+
     with control_client(control) as client:
         client.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
 
 
 def list_nodes(control: ControlAddress) -> list[FlowerNode]:
+    from flwr.proto.control_pb2 import ListNodesRequest
+
     with control_client(control) as client:
         response = client.ListNodes(ListNodesRequest())
     return [FlowerNode(int(n.node_id), str(n.name), str(n.status)) for n in response.nodes_info]
@@ -96,6 +102,8 @@ class RunStatus:
 
 def run_status(control: ControlAddress, run_id: int) -> RunStatus:
     """The SuperLink's view of one run."""
+    from flwr.proto.control_pb2 import ListRunsRequest
+
     with control_client(control) as client:
         response = client.ListRuns(ListRunsRequest(run_id=run_id))
     if run_id not in response.run_dict:
