@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export FLWR_TELEMETRY_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo flower-demo test bench lint format protos clean
+.PHONY: install demo flower-demo test test-all bench lint format protos clean
 
 install: $(STAMP)
 
@@ -29,10 +29,16 @@ flower-demo: $(STAMP)
 	  --federation-config "num-supernodes=3 client-resources-num-cpus=1" \
 	  --run-config "run-dir='$(CURDIR)/runs'"
 
+# The fast tier (unit, component, in-process integration; about 4 min on 2 cores). test-all adds
+# the real-process tests (Flower daemons over TLS on loopback, Ray): what CI runs.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
-# The benchmark suite (bench/run.py): ~7 min on 2 idle CPU cores; JSON + markdown in runs/bench/.
+# The benchmark suite (bench/run.py): about 3 min on 2 idle CPU cores; JSON + markdown in
+# runs/bench/ (docs/performance.md).
 bench: $(STAMP)
 	$(PY) -m bench.run
 

@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from bench.common import Figure, traced
-from strategies.factors import Factors, LowRank
-from strategies.fedit import fedit_average
-from strategies.ffa import ffa_average
-from strategies.flexlora import flexlora_average
-from strategies.flora import stack
-from strategies.lowrank import accumulate
-from strategies.zeropad import zeropad_average
+from strategies.math.factors import Factors, LowRank
+from strategies.math.fedit import fedit_average
+from strategies.math.ffa import ffa_average
+from strategies.math.flexlora import flexlora_average
+from strategies.math.flora import stack
+from strategies.math.lowrank import accumulate
+from strategies.math.zeropad import zeropad_average
 
 CAP = 64
 RANK = 16

@@ -86,7 +86,7 @@ def smollm_shape_model(folder: Path, *, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from client.model import embedded_model_dir
+    from client.model.loading import embedded_model_dir
 
     if (folder / "model.safetensors").is_file():
         return folder

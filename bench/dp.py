@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from client.dp_train import train_dp_sgd
-from client.model import attach_lora, load_base, pick_device
+from client.data.synth import synth_partition
+from client.model.loading import attach_lora, load_base, pick_device
+from client.privacy.dp_sgd import train_dp_sgd
 from client.settings import TrainConfig
-from client.synth import synth_partition
 from client.training import encode, train_local
 
 

@@ -25,10 +25,10 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import client.app as node_app
 from bench.common import Figure
-from client import base_cache
-from client.model import attach_lora, load_base, lora_factors
+from client.data.synth import synth_partition
+from client.model import cache as base_cache
+from client.model.loading import attach_lora, load_base, lora_factors
 from client.settings import TrainConfig
-from client.synth import synth_partition
 from client.training import collate, encode, sample_batches, train_local
 from strategies import protocol as p
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from bench.common import Figure, max_rss_bytes
-from client import base_cache
-from client.model import DTYPES, attach_lora, pick_device
+from client.model import cache as base_cache
+from client.model.loading import DTYPES, attach_lora, pick_device
 from client.settings import TrainConfig
 from client.training import train_local
 

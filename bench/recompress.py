@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from strategies.lowrank import recompress
+from strategies.math.lowrank import recompress
 
 
 def _dense(a: np.ndarray, b: np.ndarray, k: int) -> float:

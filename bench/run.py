@@ -23,10 +23,10 @@ from bench import aggregation, node, precision, wire
 from bench.common import Figure, smollm_shape_model
 from bench.dp import _step_times
 from bench.recompress import _dense, _measure
-from client.model import load_base
-from client.synth import synth_partition
+from client.data.synth import synth_partition
+from client.model.loading import load_base
 from client.training import encode
-from strategies.lowrank import recompress
+from strategies.math.lowrank import recompress
 
 
 def recompress_figures(dims: tuple[int, ...] = (1024, 2048), rank: int = 92) -> list[Figure]:

@@ -22,9 +22,9 @@ from numpy.typing import NDArray
 from bench.common import Figure
 from client.settings import TrainConfig
 from strategies import protocol as p
-from strategies.factors import A_SUFFIX, B_SUFFIX, join_factor_keys, split_factor_keys
-from strategies.flora import stack
-from strategies.lowrank import accumulate
+from strategies.math.factors import A_SUFFIX, B_SUFFIX, join_factor_keys, split_factor_keys
+from strategies.math.flora import stack
+from strategies.math.lowrank import accumulate
 
 Arrays = dict[str, NDArray[np.float32]]
 Shapes = dict[str, tuple[int, int]]  # module -> (in, out)
@@ -128,7 +128,7 @@ def embedded_shapes() -> tuple[Shapes, int]:
     """The embedded model's LoRA modules (all-linear) and its parameter count."""
     import torch
 
-    from client.model import attach_lora, load_base, lora_factors
+    from client.model.loading import attach_lora, load_base, lora_factors
 
     model, _ = load_base("", device=torch.device("cpu"))
     params = sum(p.numel() for p in model.parameters())

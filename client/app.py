@@ -2,7 +2,7 @@
 
 Each message may run in a fresh process, so nothing is kept between rounds in module globals:
 the node is stateless for FLoRA (the global adapter arrives with every message). The loaded base
-model is kept across messages in the process (client/base_cache.py): losing it costs only time.
+model is kept across messages in the process (client/model/cache.py): losing it costs only time.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from client import base_cache
-from client.data import load_node_texts
-from client.ledger import LedgerError
-from client.model import pick_device, pick_dtype
-from client.node_mode import NodeMode, start_lora
-from client.privacy_node import (
+from client.data.records import load_node_texts
+from client.model import cache as base_cache
+from client.model.loading import pick_device, pick_dtype
+from client.model.node_mode import NodeMode, start_lora
+from client.privacy.ledger import LedgerError
+from client.privacy.round import (
     BudgetExceededError,
     PrivacyRound,
     begin_round,
@@ -29,8 +29,9 @@ from client.privacy_node import (
     reply_fields,
     train_private,
 )
-from client.settings import NodeSettings, SettingsError, TrainConfig, node_settings
+from client.settings import NodeSettings, TrainConfig, node_settings
 from client.training import encode, evaluate_loss
+from common.config import SettingsError
 from strategies import protocol as p
 
 app = ClientApp()
@@ -74,7 +75,7 @@ def _reply_or_error(
 @dataclass(frozen=True)
 class _Job:
     """What every instruction starts from: the node's settings and the base model with the
-    global adapter applied (client/base_cache.py)."""
+    global adapter applied (client/model/cache.py)."""
 
     settings: NodeSettings
     config: TrainConfig
@@ -96,7 +97,7 @@ def _prepare(msg: Message, context: Context, *, merge: bool = True) -> _Job:
         dtype=pick_dtype(settings.dtype, device),
         gradient_checkpointing=settings.gradient_checkpointing,
     )
-    if merge:  # node-mode `continue` trains the global factors instead (client/node_mode.py)
+    if merge:  # node-mode `continue` trains the global factors instead (client/model/node_mode.py)
         base_cache.apply_global(model, p.from_record(content.array_records[p.ARRAYS]))
     return _Job(settings, config, model, tokenizer)
 
@@ -116,7 +117,7 @@ def run_train(msg: Message, context: Context) -> RecordDict:
         train=config,
     )
     seed = derive_seed(config.seed, config.server_round, settings.name)
-    peft_model = start_lora(  # as the strategy's instruction says (client/node_mode.py)
+    peft_model = start_lora(  # as the strategy's instruction says (client/model/node_mode.py)
         job.model,
         {} if mode.merges else p.from_record(msg.content.array_records[p.ARRAYS]),
         mode=mode,
@@ -153,7 +154,7 @@ def run_train(msg: Message, context: Context) -> RecordDict:
 
 
 def _public_a_seed(plan: PrivacyRound | None, config: TrainConfig, mode: NodeMode) -> int | None:
-    """The seed of the public A (strategies/public_a.py) this round starts from: the strategy's
+    """The seed of the public A (strategies/math/public_a.py) this round starts from: the strategy's
     `shared-a-seed` (ffa; continue mode's first round), else with dp-lora one that depends on the
     run seed and round only (A is published, the same at all nodes); else None (own seed)."""
     if mode.shared_a_seed is not None:

@@ -1,6 +1,9 @@
-"""gRPC service definitions of fedlora's own services and their generated code.
+"""The wire of fedlora's own gRPC service, and nothing else.
 
-Node traffic for training runs over Flower's gRPC Fleet API. fedlora's own service, node
-enrollment (invitation tokens, CA pinning, key registration), is defined here as ``.proto`` files
-with committed generated modules; it arrives with the deployment work (see README, "Roadmap").
+- ``fedlora/enroll/v1/enroll.proto``: node enrollment (``Enrollment.Enroll``), with its generated
+  modules committed (``make protos`` regenerates them; a test checks that nothing changes);
+- ``tokens.py``: the invitation token format, which the operator's side writes and the node parses.
+
+Training traffic is Flower's own gRPC Fleet API. The enrollment service lives with the operator
+(``server/operator/enrollment/``), the join client with the node (``client/node/enroll.py``).
 """

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.federation import run_federation
-from server.settings import server_settings
+from server.run.federation import run_federation
+from server.run.settings import server_settings
 
 app = ServerApp()
 

@@ -1,1 +1,7 @@
-"""fedlora aggregation: pure math on numpy arrays plus thin Flower strategies. No torch here."""
+"""fedlora aggregation. No torch here.
+
+- ``math/``: the algorithms as pure functions on numpy arrays (no Flower, no I/O);
+- ``flower/``: one thin Flower ``Strategy`` per algorithm on a shared base;
+- ``registry.py`` (names -> classes), ``options.py`` (typed options), ``protocol.py`` (the keys
+  that travel between the ServerApp and the ClientApps).
+"""

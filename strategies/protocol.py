@@ -25,7 +25,7 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 TRAIN_LOSS_FIRST = "train-loss-first"
 TRAIN_SECONDS = "train-seconds"
-# Privacy figures in a train reply (client/privacy_node.py): in `metrics` the node's cumulative
+# Privacy figures in a train reply (client/privacy/round.py): in `metrics` the node's cumulative
 # ledger (ε at δ, this round's σ and q, steps so far); in the `privacy` config record its mode
 # and, once σ or q has changed, the whole history flattened as [σ, q, steps, σ, q, steps, ...].
 PRIVACY = "privacy"
@@ -44,16 +44,15 @@ NODE_NAME = "node-name"
 # `adapter` record, so a reply computed from another round's or run's adapter is refused.
 GLOBAL_FINGERPRINT = "global-fingerprint"
 # What the node does with the global adapter, chosen by the strategy and sent in each train
-# instruction's `config` (client/node_mode.py): `merge` W0 + B_g A_g and train a fresh LoRA, or
-# `continue` from the first r_i components of the global factors; `shared-a-seed`: start A at
-# the public seeded init (strategies/public_a.py); `freeze-a`: train only B.
+# instruction's `config` (client/model/node_mode.py): `merge` W0 + B_g A_g and train a fresh LoRA,
+# or `continue` from the first r_i components of the global factors; `shared-a-seed`: start A at
+# the public seeded init (strategies/math/public_a.py); `freeze-a`: train only B.
 NODE_MODE = "node-mode"
 MERGE = "merge"
 CONTINUE = "continue"
 NODE_MODES = (MERGE, CONTINUE)
 SHARED_A_SEED = "shared-a-seed"
 FREEZE_A = "freeze-a"
-ConfigValue = bool | int | float | str
 
 
 def to_record(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from strategies.base import LoraStrategy
-from strategies.fedit_strategy import FedIT
-from strategies.ffa_strategy import FFA
-from strategies.flexlora_strategy import FlexLoRA
-from strategies.flora_strategy import FLoRA
-from strategies.zeropad_strategy import ZeroPad
+from strategies.flower.base import LoraStrategy
+from strategies.flower.fedit import FedIT
+from strategies.flower.ffa import FFA
+from strategies.flower.flexlora import FlexLoRA
+from strategies.flower.flora import FLoRA
+from strategies.flower.zeropad import ZeroPad
 
 STRATEGIES: dict[str, type[LoraStrategy]] = {
     cls.name: cls for cls in (FLoRA, FedIT, ZeroPad, FlexLoRA, FFA)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from client.model import attach_lora, load_base, lora_factors
+from client.model.loading import attach_lora, load_base, lora_factors
 
 
 def lora_factor_shapes(model_dir: Path, rank: int) -> dict[str, tuple[int, ...]]:

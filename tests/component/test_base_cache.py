@@ -1,5 +1,5 @@
 """The node's base-model cache: a speed-up only — results equal a fresh load, message after message;
-and the low-precision node keeps the global update (client/base_cache.py)."""
+and the low-precision node keeps the global update (client/model/cache.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from client import base_cache
-from client.model import attach_lora, load_base, lora_factors, merge_global_adapter
+from client.model import cache as base_cache
+from client.model.loading import attach_lora, load_base, lora_factors, merge_global_adapter
 from client.settings import TrainConfig
 from client.training import train_local
 

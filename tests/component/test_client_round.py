@@ -10,11 +10,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client.app import app as client_app
-from client.model import load_base, merge_global_adapter, module_name, wrap_global_adapter
+from client.model.loading import load_base, merge_global_adapter, module_name, wrap_global_adapter
 from client.settings import TrainConfig
 from strategies import protocol as p
-from strategies.factors import A_SUFFIX, B_SUFFIX, join_factor_keys
-from strategies.flora import stack
+from strategies.math.factors import A_SUFFIX, B_SUFFIX, join_factor_keys
+from strategies.math.flora import stack
 from tests.helpers import lora_factor_shapes
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -13,14 +13,14 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.app import ERROR_PRIVACY
 from client.app import app as client_app
-from client.dp_train import sequence_losses, train_dp_sgd
-from client.ledger import LEDGER_FILE, epsilon_of
-from client.model import attach_lora, load_base, pick_device
+from client.data.synth import synth_partition
+from client.model.loading import attach_lora, load_base, pick_device
+from client.privacy.dp_sgd import sequence_losses, train_dp_sgd
+from client.privacy.ledger import LEDGER_FILE, epsilon_of
 from client.settings import TrainConfig
-from client.synth import synth_partition
 from client.training import collate, encode
 from strategies import protocol as p
-from strategies.factors import A_SUFFIX, B_SUFFIX
+from strategies.math.factors import A_SUFFIX, B_SUFFIX
 
 STEPS, BATCH, EXAMPLES = 3, 4, 16
 

@@ -12,13 +12,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from client.node import NodeDir, generate_key
-from protos.enrollment.join import JoinError, enroll
-from protos.enrollment.registry import Registry
-from protos.enrollment.service import EnrollmentServicer, RateLimiter
-from protos.enrollment.tokens import Token, new_token
+from client.node.enroll import JoinError, enroll
+from client.node.folder import NodeDir, generate_key
 from protos.fedlora.enroll.v1 import enroll_pb2_grpc
-from server.pki import ServerPki, ca_pin, create_pki
+from protos.tokens import Token, new_token
+from server.operator.enrollment.registry import Registry
+from server.operator.enrollment.service import EnrollmentServicer, RateLimiter
+from server.operator.pki import ServerPki, ca_pin, create_pki
 
 
 class Fleet:

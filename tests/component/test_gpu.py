@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from client.model import attach_lora, load_base, lora_factors, merge_global_adapter, pick_device
+from client.data.synth import synth_partition
+from client.model.loading import (
+    attach_lora,
+    load_base,
+    lora_factors,
+    merge_global_adapter,
+    pick_device,
+)
 from client.settings import TrainConfig
-from client.synth import synth_partition
 from client.training import encode, evaluate_loss, train_local
-from strategies.factors import A_SUFFIX, B_SUFFIX
+from strategies.math.factors import A_SUFFIX, B_SUFFIX
 from tests.helpers import lora_factor_shapes
 
 pytestmark = pytest.mark.gpu

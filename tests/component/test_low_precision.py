@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from client import base_cache
-from client.model import attach_lora, load_base, merge_global_adapter
+from client.model import cache as base_cache
+from client.model.loading import attach_lora, load_base, merge_global_adapter
 from client.settings import TrainConfig
 from client.training import encode, train_local
 from tests.component.test_base_cache import global_adapter
@@ -81,7 +81,7 @@ def test_bf16_node_keeps_the_global_update(embedded_dir: Path) -> None:
 
 @pytest.mark.gpu
 def test_auto_dtype_is_bf16_on_cuda_and_the_node_trains(embedded_dir: Path) -> None:
-    from client.model import pick_dtype
+    from client.model.loading import pick_dtype
 
     cuda = torch.device("cuda")
     assert pick_dtype("auto", cuda) == torch.bfloat16

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from client.model import load_base, lora_factors
-from client.node_mode import NodeMode, start_lora
-from client.settings import DEFAULT_RUN_CONFIG, SettingsError
-from server.simulate import simulate
+from client.model.loading import load_base, lora_factors
+from client.model.node_mode import NodeMode, start_lora
+from common.config import DEFAULT_RUN_CONFIG, SettingsError
+from server.simulation.simulate import simulate
 from strategies import protocol as p
-from strategies.factors import A_SUFFIX, split_factor_keys
-from strategies.public_a import public_lora_a
+from strategies.math.factors import A_SUFFIX, split_factor_keys
+from strategies.math.public_a import public_lora_a
 
 
 def _global(rank: int) -> dict[str, np.ndarray]:

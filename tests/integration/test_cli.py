@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
-from server.runlog import read_metrics
+from server.cli.main import main
+from server.run.runlog import read_metrics
 
 SMALL = [
     "--config", "local-steps=2", "--config", "batch-size=4", "--config", "max-length=48",

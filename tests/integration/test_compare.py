@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from server.cli import build_parser
-from server.compare import Arm, compare, default_arms
+from server.cli.main import build_parser
+from server.compare.run import Arm, compare, default_arms
 
 SMALL = {"local-steps": 2, "batch-size": 4, "max-length": 48, "synth-train-examples": 16,
          "synth-eval-examples": 8}  # fmt: skip

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from server.pki import create_pki
+from server.operator.pki import create_pki
 from tests.deploy_harness import (
     RUN_TIMEOUT_S,
     Federation,
@@ -88,7 +88,7 @@ def test_wrong_ca_pin_is_refused(federation: Federation, tmp_path: Path) -> None
 
 
 def test_unregistered_key_cannot_take_part(federation: Federation, tmp_path: Path) -> None:
-    from client.node import NodeDir, generate_key
+    from client.node.folder import NodeDir, generate_key
 
     tmp_path.mkdir(exist_ok=True)
     generate_key(NodeDir(tmp_path))  # a well-formed key the federation never registered
@@ -160,11 +160,14 @@ def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federatio
 
 
 def test_node_start_checks_its_inputs(federation: Federation, tmp_path: Path) -> None:
+    joined_dir = tmp_path / "joined"  # a node of its own: the test runs alone or in any order
+    joined = fedlora("node", "join", federation.invite("clinic-checks"), "--dir", joined_dir)
+    assert joined.returncode == 0, joined.stderr
     no_key = fedlora("node", "start", "--dir", tmp_path, "--data", federation.root / "data")
     assert no_key.returncode != 0 and "is not a joined node" in no_key.stderr
-    moved = federation.root / "moved-node"
-    shutil.copytree(federation.root / "x1", moved)
-    (moved / "ca.pem").write_bytes((federation.root / "x1" / "ca.pem").read_bytes())  # same CA
+    moved = tmp_path / "moved-node"
+    shutil.copytree(joined_dir, moved)
+    (moved / "ca.pem").write_bytes((joined_dir / "ca.pem").read_bytes())  # same CA
     same = fedlora("node", "start", "--dir", moved, "--data", tmp_path)
     assert "`--data`" in same.stderr  # the CA and the server passed; the data check stops it
     other = create_pki(tmp_path / "other-federation", ["127.0.0.1"])
@@ -172,14 +175,14 @@ def test_node_start_checks_its_inputs(federation: Federation, tmp_path: Path) ->
     swapped = fedlora("node", "start", "--dir", moved, "--data", federation.root / "data" /
                       "bank-transactions")  # fmt: skip
     assert swapped.returncode != 0 and "is not the CA this node joined with" in swapped.stderr
-    keyless = federation.root / "keyless-node"
-    shutil.copytree(federation.root / "x1", keyless)
+    keyless = tmp_path / "keyless-node"
+    shutil.copytree(joined_dir, keyless)
     (keyless / "node.key").unlink()
     no_key_file = fedlora("node", "start", "--dir", keyless, "--data", federation.root / "data")
     assert no_key_file.returncode != 0 and "has no node key" in no_key_file.stderr
     bad_run = fedlora("run", "--dir", federation.fed, "--config", "strategy=fedsgd")
     assert bad_run.returncode != 0 and "`strategy` is 'fedsgd'" in bad_run.stderr
-    no_data = fedlora("node", "start", "--dir", federation.root / "x1",
+    no_data = fedlora("node", "start", "--dir", joined_dir,
                       "--data", tmp_path / "missing")  # fmt: skip
     assert no_data.returncode != 0 and "`--data`" in no_data.stderr
 

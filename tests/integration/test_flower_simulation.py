@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from client.settings import DEFAULT_RUN_CONFIG, parse_ranks
+from client.settings import parse_ranks
+from common.config import DEFAULT_RUN_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / "client" / "assets" / "base-model" / "model.safetensors"

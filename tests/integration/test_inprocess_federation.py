@@ -12,16 +12,17 @@ from flwr.app import Message
 from peft import PeftModel
 
 from client.app import app as client_app
-from client.data import load_node_texts
-from client.model import load_base
-from client.settings import DEFAULT_RUN_CONFIG, node_settings
+from client.data.records import load_node_texts
+from client.model.loading import load_base
+from client.settings import node_settings
 from client.training import encode, evaluate_loss
-from server.federation import run_federation
-from server.inprocess import InProcessGrid, node_contexts
-from server.runlog import read_metrics
-from server.settings import server_settings
+from common.config import DEFAULT_RUN_CONFIG
+from server.run.federation import run_federation
+from server.run.runlog import read_metrics
+from server.run.settings import server_settings
+from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
-from strategies.factors import A_SUFFIX, B_SUFFIX
+from strategies.math.factors import A_SUFFIX, B_SUFFIX
 
 RANKS = (2, 4, 3)
 
@@ -146,7 +147,7 @@ def test_a_failing_node_is_skipped_and_recorded(tmp_path: Path) -> None:
 
 
 def test_server_held_data_is_scored_every_round(tmp_path: Path) -> None:
-    from client.synth import write_partition
+    from client.data.synth import write_partition
 
     held = write_partition(tmp_path / "held", 2, n_train=1, n_eval=8, seed=9) / "eval.jsonl"
     config = _run_config(tmp_path, **{"num-server-rounds": 1, "min-nodes": 2})

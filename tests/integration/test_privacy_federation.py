@@ -10,10 +10,10 @@ import pytest
 import torch
 from peft import PeftModel
 
-from client.ledger import epsilon_of
-from client.model import load_base
-from server.runlog import read_metrics
-from server.simulate import simulate
+from client.model.loading import load_base
+from client.privacy.ledger import epsilon_of
+from server.run.runlog import read_metrics
+from server.simulation.simulate import simulate
 
 SIGMA, BATCH, EXAMPLES, STEPS = 1.0, 4, 16, 2
 Q = BATCH / EXAMPLES

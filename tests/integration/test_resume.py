@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from server.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
-from server.cli import main
-from server.runlog import read_metrics
-from server.simulate import simulate
+from server.cli.main import main
+from server.run.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from server.run.runlog import read_metrics
+from server.simulation.simulate import simulate
 
 QUIET = {"echo": lambda _: None}
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies.factors import truncate
-from strategies.fedit import fedit_average
-from strategies.ffa import ffa_average, public_a_mismatch
-from strategies.flexlora import flexlora_average
-from strategies.public_a import public_lora_a
-from strategies.zeropad import zeropad_average
+from strategies.math.factors import truncate
+from strategies.math.fedit import fedit_average
+from strategies.math.ffa import ffa_average, public_a_mismatch
+from strategies.math.flexlora import flexlora_average
+from strategies.math.public_a import public_lora_a
+from strategies.math.zeropad import zeropad_average
 
 IN, OUT = 12, 10
 

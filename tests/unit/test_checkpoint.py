@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.settings import DEFAULT_RUN_CONFIG
-from server import checkpoint as ck
+from common.config import DEFAULT_RUN_CONFIG
+from server.run import checkpoint as ck
 
 
 def _checkpoint(round_: int, **config: object) -> ck.Checkpoint:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client.data import read_jsonl, record_to_text
+from client.data.records import read_jsonl, record_to_text
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -57,8 +57,9 @@ def test_record_to_text_names_where() -> None:
 
 def test_aggregation_settings_and_cli_import_without_torch() -> None:
     code = (
-        "import sys, strategies.registry, strategies.flora, strategies.lowrank, server.settings, "
-        "server.cli, client.settings, client.synth, client.data; "
+        "import sys, strategies.registry, strategies.math.flora, strategies.math.lowrank, "
+        "server.run.settings, "
+        "server.cli.main, client.settings, client.data.synth, client.data.records; "
         "bad = [m for m in ('torch', 'transformers', 'peft', 'opacus') if m in sys.modules]; "
         "assert not bad, bad"
     )

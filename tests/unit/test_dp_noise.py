@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.dp_noise import (
+from client.privacy.dp_lora import (
     SENSITIVITY_PER_CLIP,
     clip_total_norm,
     dp_lora_release,

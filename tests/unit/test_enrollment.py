@@ -11,9 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protos.enrollment.registry import Refused, Registry
-from protos.enrollment.service import RateLimiter, key_fingerprint, peer_host
-from protos.enrollment.tokens import (
+from protos.tokens import (
     TokenError,
     new_token,
     parse_token,
@@ -21,7 +19,9 @@ from protos.enrollment.tokens import (
     secret_hash,
     secret_matches,
 )
-from server.pki import ca_pin, create_pki
+from server.operator.enrollment.registry import Refused, Registry
+from server.operator.enrollment.service import RateLimiter, key_fingerprint, peer_host
+from server.operator.pki import ca_pin, create_pki
 
 PIN = "sha256:" + "ab" * 32
 KEY = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQ= node"  # shape only
@@ -171,7 +171,7 @@ def test_key_fingerprint_matches_ssh_keygen() -> None:
 
 
 def test_node_keys_must_be_p384() -> None:
-    from protos.enrollment.flower_control import load_node_public_key
+    from server.operator.flower_control import load_node_public_key
 
     assert load_node_public_key(SSH_KEY).curve.name == "secp384r1"
     rsa = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies.flora import stack
+from strategies.math.flora import stack
 
 
 def _client(rng: np.random.Generator, r: int, *, in_dim: int, out_dim: int, scaling: float):

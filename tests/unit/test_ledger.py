@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
-from client.ledger import (
+from client.privacy.ledger import (
     LEDGER_FILE,
     Ledger,
     LedgerError,
@@ -21,8 +21,8 @@ from client.ledger import (
     new_release,
     save_ledger,
 )
-from client.privacy_node import calibrate, reply_fields
-from client.privacy_settings import PrivacySettings
+from client.privacy.round import calibrate, reply_fields
+from client.privacy.settings import PrivacySettings
 from strategies import protocol as p
 
 FP = data_fingerprint(["a record", "another record"])
@@ -144,7 +144,7 @@ def test_reply_fields_are_cumulative_and_carry_history_only_when_it_changed() ->
 
 
 def test_an_unreachable_target_is_a_settings_error_naming_it() -> None:
-    from client.settings import SettingsError
+    from common.config import SettingsError
 
     privacy = PrivacySettings(mode="dp-sgd", target_epsilon=1e-6)
     with pytest.raises(SettingsError, match="`dp-target-epsilon` is 1e-06"):

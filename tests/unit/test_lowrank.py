@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies.lowrank import accumulate, choose_rank, recompress
+from strategies.math.lowrank import accumulate, choose_rank, recompress
 
 
 def _pair(rng: np.random.Generator, r: int, in_dim: int, out_dim: int):

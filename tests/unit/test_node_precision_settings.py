@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client.model import pick_dtype
-from client.settings import SettingsError, node_settings
+from client.model.loading import pick_dtype
+from client.settings import node_settings
+from common.config import SettingsError
 
 
 def test_defaults_are_auto_and_no_checkpointing() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from server.federation_dir import FederationDir, init_federation
-from server.operator import superlink_argv
-from server.remote_run import toml_pairs
+from server.operator.commands import superlink_argv
+from server.operator.federation_dir import FederationDir, init_federation
+from server.operator.remote_run import toml_pairs
 
 
 def test_superlink_runs_with_tls_node_auth_and_no_runtime_installs(tmp_path: Path) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from server.privacy_summary import decline_notes, epsilon_column
-from server.runlog import RunLog
+from server.run.privacy_summary import decline_notes, epsilon_column
+from server.run.runlog import RunLog
 from strategies import protocol as p
-from strategies.privacy_report import read_privacy, record_privacy
-from strategies.report import RoundReport
+from strategies.flower.privacy_report import read_privacy, record_privacy
+from strategies.flower.report import RoundReport
 
 
 def _reply(metrics: dict[str, float], privacy: dict[str, object], node: int = 5) -> Message:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from client.privacy_settings import (
+from client.privacy.settings import (
     PrivacySettings,
     node_privacy,
     node_state_dir,
     run_privacy,
 )
-from client.settings import SettingsError
-from server.settings import server_settings
+from common.config import SettingsError
+from server.run.settings import server_settings
 
 RUN = {"privacy": "dp-sgd", "dp-noise-multiplier": 1.0, "dp-max-epsilon": 8.0}
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from client.settings import DEFAULT_RUN_CONFIG, SettingsError
-from server.cli import main
-from server.modules import announced_modules, check_base_model
-from server.settings import server_settings
+from common.config import DEFAULT_RUN_CONFIG, SettingsError
+from server.cli.main import main
+from server.run.modules import announced_modules, check_base_model
+from server.run.settings import server_settings
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import protocol as p
-from strategies.replies import (
+from strategies.flower.replies import (
     ClientUpdate,
     Expectation,
     Rejected,

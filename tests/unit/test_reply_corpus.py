@@ -16,11 +16,11 @@ from flwr.clientapp import ClientApp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.inprocess import InProcessGrid, node_contexts
+from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
-from strategies.base import AggregationOptions, Federation
-from strategies.flora_strategy import FLoRA
-from strategies.validation import ReplyLimits
+from strategies.flower.base import AggregationOptions, Federation
+from strategies.flower.flora import FLoRA
+from strategies.math.validation import ReplyLimits
 
 MODULES = {"m1": (3, 5), "m2": (4, 5)}  # module -> (out, in)
 GOOD = (1001, 1002, 1003)
@@ -230,7 +230,7 @@ class _AnsweringGrid(InProcessGrid):
 
 
 def test_a_short_round_is_retried_and_then_aggregated() -> None:
-    from strategies.rounds import RoundPolicy
+    from strategies.flower.rounds import RoundPolicy
 
     strategy = FLoRA(federation=Federation(min_nodes=1), options=AggregationOptions(),
                      limits=LIMITS, modules=MODULES, policy=RoundPolicy(min_replies=3))  # fmt: skip

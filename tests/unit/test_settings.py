@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from client.settings import DEFAULT_RUN_CONFIG, SettingsError, TrainConfig, node_settings
-from server.cli import parse_override
-from server.settings import server_settings
+from client.settings import TrainConfig, node_settings
+from common.config import DEFAULT_RUN_CONFIG, SettingsError
+from server.cli.main import parse_override
+from server.run.settings import server_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

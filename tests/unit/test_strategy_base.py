@@ -7,10 +7,10 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.clientapp import ClientApp
 
-from server.inprocess import InProcessGrid, node_contexts
+from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
-from strategies.base import AggregationOptions, Federation, NotEnoughNodesError
-from strategies.flora_strategy import FLoRA
+from strategies.flower.base import AggregationOptions, Federation, NotEnoughNodesError
+from strategies.flower.flora import FLoRA
 
 
 def _grid(nodes: int) -> InProcessGrid:

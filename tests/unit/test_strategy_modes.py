@@ -8,13 +8,13 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.settings import DEFAULT_RUN_CONFIG, SettingsError
-from server.inprocess import InProcessGrid, node_contexts
-from server.settings import server_settings
+from common.config import DEFAULT_RUN_CONFIG, SettingsError
+from server.run.settings import server_settings
+from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
-from strategies.base import LoraStrategy
+from strategies.flower.base import LoraStrategy
+from strategies.math.public_a import public_lora_a
 from strategies.options import AggregationOptions, Federation
-from strategies.public_a import public_lora_a
 from strategies.registry import STRATEGIES
 
 DIM = 256  # in = out: stacking 30 nodes of rank 4 stays below it

@@ -1,4 +1,4 @@
-"""Unit tests of the seeded synthetic institutional text (client/synth.py)."""
+"""Unit tests of the seeded synthetic institutional text (client/data/synth.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.synth import (
+from client.data.synth import (
     MAX_CHARS,
     MIN_CHARS,
     PROFILES,

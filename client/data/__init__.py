@@ -1,0 +1,1 @@
+"""A node's data: JSONL records to training texts, and the synthetic institutions of the demo."""

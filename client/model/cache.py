@@ -1,0 +1,242 @@
+"""The node's base model, kept loaded across messages, and the global adapter applied to it.
+
+Loading the base model for every message costs more than the message's own work on a real model
+(README "Performance"). A process keeps one loaded base model, keyed by the model (its path and,
+for a folder, its files' sizes and times), the device and the dtype. The cache only saves time:
+
+- a message *checks out* the model: the entry leaves the cache while in use, so a concurrent
+  message in the same process loads its own copy;
+- the global adapter is applied by :func:`apply_global` and recorded on the entry: merged into
+  fp32 weights exactly as peft merges it (the weights it touches are copied first), or kept beside
+  them as a frozen fp32 adapter in low precision (see below);
+- when the message ends, :func:`release` restores the base model — peft's layers and attributes
+  removed, the global adapter's hooks removed, merged weights copied back, flags as after a fresh
+  load — and returns it to the cache; if anything fails on the way the entry is dropped.
+
+In bf16/fp16 the global update is not merged: ``B_g·A_g`` is far below the weights' rounding step
+and merging would lose much of it. Each targeted layer instead gets a forward hook adding
+``(x A_gᵀ) B_gᵀ`` in fp32 to its output — what peft computes for an unmerged fp32 adapter — beside
+the node's trainable LoRA, whose factors stay fp32 (peft's ``autocast_adapter_dtype``).
+``FEDLORA_BASE_CACHE=0`` turns the cache off (a fresh load per message, as before).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch.utils.hooks import RemovableHandle
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from client.model.loading import (
+    load_base,
+    module_name,
+    padded_state_dict,
+    resolve_model_path,
+    uses_conv1d,
+)
+from strategies.math.factors import A_SUFFIX, B_SUFFIX
+
+ENV_SWITCH = "FEDLORA_BASE_CACHE"
+
+
+@dataclass(frozen=True)
+class BaseKey:
+    """What identifies a loaded base model: the model and its files, the device, the dtype."""
+
+    model: str
+    stamp: tuple[tuple[str, int, int], ...]  # (file, size, mtime_ns) of a model folder
+    device: str
+    dtype: str
+
+
+@dataclass
+class _Entry:
+    key: BaseKey
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> weight before merge
+    hooks: list[RemovableHandle] = field(default_factory=list)
+
+
+_lock = threading.Lock()
+_idle: dict[BaseKey, _Entry] = {}
+_local = threading.local()
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1") != "0"
+
+
+def base_key(base_model: str, *, device: torch.device, dtype: torch.dtype) -> BaseKey:
+    path = resolve_model_path(base_model)
+    folder = Path(path)
+    stamp: tuple[tuple[str, int, int], ...] = ()
+    if folder.is_dir():
+        stats = ((f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file())
+        stamp = tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
+    return BaseKey(path, stamp, str(device), str(dtype).removeprefix("torch."))
+
+
+def _leases() -> list[_Entry]:
+    if not hasattr(_local, "leases"):
+        _local.leases = []
+    leases: list[_Entry] = _local.leases
+    return leases
+
+
+def checkout(
+    base_model: str, *, device: torch.device, dtype: torch.dtype, gradient_checkpointing: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model for this message: the cached one if its key matches, else a fresh load.
+
+    Call :func:`release` when the message ends (the ClientApp does, whatever happens).
+    """
+    key = base_key(base_model, device=device, dtype=dtype)
+    with _lock:
+        entry = _idle.pop(key, None) if enabled() else None
+    if entry is None:
+        model, tokenizer = load_base(base_model, device=device, dtype=dtype)
+        entry = _Entry(key, model, tokenizer)
+    if gradient_checkpointing:
+        _set_checkpointing(entry.model, enabled=True)
+    _leases().append(entry)
+    return entry.model, entry.tokenizer
+
+
+def _entry_of(model: torch.nn.Module) -> _Entry:
+    for entry in _leases():
+        if entry.model is model:
+            return entry
+    raise ValueError("the base model was not checked out with `checkout` in this thread")
+
+
+def apply_global(model: PreTrainedModel, arrays: Mapping[str, NDArray[np.floating]]) -> None:
+    """Apply the global adapter ``(B_g, A_g)`` (scaling 1): merged into fp32 weights, else
+    a frozen fp32 adapter beside the weights (module doc)."""
+    entry = _entry_of(model)
+    pairs: dict[str, dict[str, NDArray[np.floating]]] = {}
+    for key, value in arrays.items():
+        pairs.setdefault(module_name(key), {})[key] = value
+    exact = next(model.parameters()).dtype == torch.float32
+    rank = max((int(v.shape[0]) for k, v in arrays.items() if k.endswith(A_SUFFIX)), default=0)
+    conv1d = uses_conv1d(model)
+    for name, factors in sorted(pairs.items()):
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"global adapter module `{name}` is not in the base model: server "
+                             "and node use different base models") from None  # fmt: skip
+        if exact:
+            _merge(entry, name, layer, padded_state_dict(factors, rank), conv1d=conv1d)
+        else:
+            entry.hooks.append(_add_hook(layer, factors))
+
+
+def _factor(factors: Mapping[str, Any], suffix: str) -> Any:
+    found = [v for k, v in factors.items() if k.endswith(suffix)]
+    if len(found) != 1:
+        raise ValueError(f"global adapter needs one `{suffix}` per module, got {len(found)}")
+    return found[0]
+
+
+def _merge(
+    entry: _Entry,
+    name: str,
+    layer: torch.nn.Module,
+    padded: Mapping[str, torch.Tensor],
+    *,
+    conv1d: bool,
+) -> None:
+    """``W += B_g @ A_g`` with the rank-padded factors: peft's ``merge_and_unload``, bit for bit."""
+    weight = _weight(layer)
+    if name not in entry.saved:
+        entry.saved[name] = weight.detach().clone()
+    a = _factor(padded, A_SUFFIX).to(weight.device)  # (R, in)
+    b = _factor(padded, B_SUFFIX).to(weight.device)  # (out, R)
+    delta = b @ a  # (out, in)
+    with torch.no_grad():
+        weight.data += (delta.T if conv1d else delta) * 1.0
+
+
+def _weight(layer: torch.nn.Module) -> torch.Tensor:
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def _add_hook(
+    layer: torch.nn.Module, factors: Mapping[str, NDArray[np.floating]]
+) -> RemovableHandle:
+    """Add ``(x A_gᵀ) B_gᵀ`` in fp32 to the layer's output (an unmerged fp32 adapter)."""
+    device = next(layer.parameters()).device
+    a = torch.as_tensor(np.asarray(_factor(factors, A_SUFFIX), np.float32), device=device)
+    b = torch.as_tensor(np.asarray(_factor(factors, B_SUFFIX), np.float32), device=device)
+
+    def hook(_: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        delta = (args[0].to(torch.float32) @ a.T) @ b.T  # (…, r) -> (…, out)
+        result: torch.Tensor = (output.to(torch.float32) + delta).to(output.dtype)
+        return result
+
+    return layer.register_forward_hook(hook)
+
+
+def _set_checkpointing(model: PreTrainedModel, *, enabled: bool) -> None:
+    """Activation (gradient) checkpointing on or off; transformers 5 renamed the methods."""
+    if enabled:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # type: ignore[no-untyped-call]
+    elif hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()  # type: ignore[no-untyped-call]
+    else:
+        model.gradient_checkpointing_disable()  # type: ignore[no-untyped-call]
+
+
+def release() -> None:
+    """Restore every base model this thread checked out and return it to the cache."""
+    leases = _leases()
+    while leases:
+        entry = leases.pop()
+        try:
+            _restore(entry)
+        except Exception:  # a model we cannot vouch for is dropped, never reused
+            continue
+        if enabled():
+            with _lock:
+                _idle.clear()  # one base model per process: the newest
+                _idle[entry.key] = entry
+
+
+def _restore(entry: _Entry) -> None:
+    model = entry.model
+    for handle in entry.hooks:
+        handle.remove()
+    entry.hooks.clear()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and "." in name:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    model.__dict__.pop("peft_config", None)
+    with torch.no_grad():
+        for name, weight in entry.saved.items():
+            _weight(model.get_submodule(name)).data.copy_(weight)  # copies kept for next merge
+    if model.supports_gradient_checkpointing:
+        _set_checkpointing(model, enabled=False)
+    if getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"):
+        model.disable_input_require_grads()  # type: ignore[no-untyped-call]  # peft's hook
+    model.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    model.train(False)
+    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        raise RuntimeError("peft layers left in the cached base model")

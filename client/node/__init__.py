@@ -1,0 +1,1 @@
+"""The node admin's side of a deployment: the node folder, joining a federation, the SuperNode."""

@@ -1,0 +1,226 @@
+"""The ``fedlora`` command: one entry point whose sub-commands follow the user's journeys.
+
+Heavy imports (torch, transformers, peft) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from client.node.cli import add_node_commands
+from common.config import DEFAULT_RUN_CONFIG, ConfigValue, SettingsError
+from server.cli.operator import add_server_commands
+from server.compare.arms import DEFAULT_ROUNDS
+from server.operator.enrollment.registry import Refused
+
+
+def parse_key_value(text: str) -> tuple[str, ConfigValue]:
+    """Parse ``key=value``; the value is TOML (``3``, ``0.5``, ``true``), else a bare string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"`--config` got {text!r}: write key=value, e.g. local-steps=10"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    if not isinstance(value, bool | int | float | str):
+        raise argparse.ArgumentTypeError(f"`--config {key}` must be a number, boolean or string")
+    return key, value
+
+
+def parse_override(text: str) -> tuple[str, ConfigValue]:
+    """A run-config ``key=value``: the key must be a run-config key."""
+    key, value = parse_key_value(text)
+    if key not in DEFAULT_RUN_CONFIG:
+        known = ", ".join(sorted(DEFAULT_RUN_CONFIG))
+        raise argparse.ArgumentTypeError(f"`--config` key {key!r} is unknown: use one of {known}")
+    return key, value
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from server.simulation.simulate import simulate
+
+    overrides: dict[str, ConfigValue] = dict(args.config or [])
+    for key, value in (("num-server-rounds", args.rounds), ("lora-ranks", args.ranks),
+                       ("run-dir", args.run_dir), ("base-model", args.base_model),
+                       ("resume-from", args.resume)):  # fmt: skip
+        if value is not None:
+            overrides[key] = value
+    nodes, node_configs = args.nodes, None
+    if args.data is not None:
+        folders = sorted(d for d in args.data.iterdir() if (d / "train.jsonl").is_file())
+        if not folders:
+            raise ValueError(
+                f"`--data` {str(args.data)!r} has no sub-folder holding train.jsonl: use one "
+                "folder per node (see `fedlora data synth --out DIR`)"
+            )
+        nodes = len(folders)
+        node_configs = [{"data-path": str(d), "node-name": d.name} for d in folders]
+    outcome = simulate(
+        num_nodes=nodes,
+        run_config=overrides,
+        node_configs=node_configs,
+        verbose=args.verbose,
+        state_dir=args.state_dir,
+    )
+    print(f"[fedlora] metrics: {outcome.run_dir / 'metrics.jsonl'}")
+    return 0 if outcome.stopped is None else 1
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from client.data.synth import write_partition
+    from client.settings import node_settings
+
+    for pid in range(args.partitions):
+        name = node_settings({"partition-id": pid}, {}).name
+        out = write_partition(
+            args.out / name, pid, n_train=args.train, n_eval=args.eval, seed=args.seed
+        )
+        print(f"{out}/train.jsonl ({args.train} records), eval.jsonl ({args.eval})")
+    return 0
+
+
+def _cmd_adapter_inspect(args: argparse.Namespace) -> int:
+    from safetensors.numpy import load_file
+
+    config = json.loads((args.adapter / "adapter_config.json").read_text())
+    weights = load_file(str(args.adapter / "adapter_model.safetensors"))
+    print(f"base model: {config.get('base_model_name_or_path')}")
+    rank, alpha = config["r"], config["lora_alpha"]
+    print(f"rank r={rank} lora_alpha={alpha} (scaling {alpha / rank:g})")
+    print(f"{len(weights) // 2} modules, {sum(w.size for w in weights.values()):,} parameters")
+    provenance = args.adapter / "fedlora.json"
+    if provenance.is_file():
+        print(f"fedlora: {provenance.read_text().strip()}")
+    return 0
+
+
+def _cmd_adapter_evaluate(args: argparse.Namespace) -> int:
+    import torch
+    from peft import PeftModel
+
+    from client.data.records import read_jsonl
+    from client.data.synth import EVAL_FILE
+    from client.model.loading import load_base
+    from client.training import encode, evaluate_loss
+
+    data = args.data / EVAL_FILE if args.data.is_dir() else args.data
+    base, tokenizer = load_base(args.base_model, device=torch.device("cpu"))
+    rows = encode(read_jsonl(data), tokenizer, max_length=args.max_length)
+    base_loss, _ = evaluate_loss(base, rows, pad_id=tokenizer.pad_token_id)
+    model = PeftModel.from_pretrained(base, str(args.adapter))
+    loss, tokens = evaluate_loss(model, rows, pad_id=tokenizer.pad_token_id)
+    print(f"{data}: {len(rows)} records, {tokens} tokens")
+    print(f"eval loss base {base_loss:.4f} -> with adapter {loss:.4f}")
+    return 0
+
+
+def add_compare_command(sub: Any) -> None:
+    """``fedlora compare [--rounds N] [--out DIR]`` (sub: argparse's sub-parsers)."""
+    cmd = sub.add_parser(
+        "compare", help="every strategy, centralized and local-only LoRA on one federation"
+    )
+    cmd.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                     help=f"rounds per federation (default {DEFAULT_ROUNDS})")  # fmt: skip
+    cmd.add_argument("--out", type=Path, default=Path("runs") / "compare",
+                     help="folder for comparison.md/.png/.json and the runs")  # fmt: skip
+    cmd.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from server.compare.run import compare
+
+    compare(rounds=args.rounds, out=args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedlora", description=__doc__.splitlines()[0] if __doc__ else ""
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="run a whole federation locally (in this process)")
+    sim.add_argument("--nodes", type=int, default=3, help="number of institutions (default 3)")
+    sim.add_argument("--data", type=Path, help="one sub-folder of JSONL per node (sets --nodes)")
+    sim.add_argument("--rounds", type=int, help="federated rounds (default 3)")
+    sim.add_argument("--ranks", help='LoRA rank per node, cycled (default "4,8,16")')
+    sim.add_argument("--base-model", help="model folder or hub id (default: the embedded model)")
+    sim.add_argument("--run-dir", help="where run folders go (default ./runs)")
+    sim.add_argument(
+        "--state-dir",
+        type=Path,
+        help="one folder per node under this one keeps its privacy ledger across runs "
+        "(default: inside the run folder, so each run starts from ε = 0)",
+    )
+    sim.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run folder from its last completed round (its settings are reused; "
+        "raise --rounds to run more)",
+    )
+    sim.add_argument(
+        "--config",
+        type=parse_override,
+        action="append",
+        metavar="KEY=VALUE",
+        help="any run-config key, e.g. --config local-steps=10 (repeatable)",
+    )
+    sim.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log")
+    sim.set_defaults(func=_cmd_simulate)
+
+    add_compare_command(sub)
+
+    data = sub.add_parser("data", help="node data").add_subparsers(
+        dest="data_command", required=True
+    )
+    synth = data.add_parser("synth", help="write the synthetic institutions' JSONL data")
+    synth.add_argument("--out", type=Path, required=True, help="folder; one sub-folder per node")
+    synth.add_argument("--partitions", type=int, default=3)
+    synth.add_argument("--train", type=int, default=256)
+    synth.add_argument("--eval", type=int, default=64)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_data_synth)
+
+    adapter = sub.add_parser("adapter", help="exported adapters").add_subparsers(
+        dest="adapter_command", required=True
+    )
+    inspect = adapter.add_parser("inspect", help="rank, modules and provenance of an adapter")
+    inspect.add_argument("adapter", type=Path)
+    inspect.set_defaults(func=_cmd_adapter_inspect)
+    evaluate = adapter.add_parser(
+        "evaluate", help="eval loss of base model + adapter on JSONL data"
+    )
+    evaluate.add_argument("adapter", type=Path)
+    evaluate.add_argument(
+        "--data", type=Path, required=True, help="eval.jsonl, or a folder holding one"
+    )
+    evaluate.add_argument("--base-model", default="", help="default: the embedded model")
+    evaluate.add_argument("--max-length", type=int, default=int(DEFAULT_RUN_CONFIG["max-length"]))
+    evaluate.set_defaults(func=_cmd_adapter_evaluate)
+
+    add_server_commands(sub, parse_override)
+    add_node_commands(sub, parse_key_value)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (SettingsError, ValueError, OSError, RuntimeError, Refused) as err:
+        print(f"fedlora: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""``fedlora compare``: every strategy and the reference trainings on one federation."""

@@ -1,0 +1,226 @@
+"""The operator's commands: start the aggregation server, invite, list and revoke nodes.
+
+``server start`` runs Flower 1.39's SuperLink (TLS, node authentication, persistent state in
+FED) as a child in its own process group, and the enrollment service beside it in this
+process, until SIGINT/SIGTERM; on the way out every child is ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from common.daemon import StopRequested, bin_dir, daemon_env, raise_on_signals, spawn, stop
+from protos.tokens import new_token, parse_ttl
+from server.operator.enrollment.service import EnrollmentServicer, serve
+from server.operator.federation_dir import FederationConfig, FederationDir
+from server.operator.flower_control import (
+    ControlAddress,
+    list_nodes,
+    register_node,
+    unregister_node,
+)
+
+Echo = Callable[[str], None]
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    fleet_port: int
+    control_port: int
+    enroll_port: int
+    bind: str = "0.0.0.0"  # Fleet API and enrollment: what nodes reach
+    control_host: str = "127.0.0.1"  # Control API: the operator's machine only, by default
+    insecure: bool = False
+
+
+def superlink_argv(fed: FederationDir, config: FederationConfig, bind: str) -> list[str]:
+    argv = [
+        str(bin_dir() / "flower-superlink"),
+        "--database",
+        str(fed.flower_home / "state.db"),
+        "--disable-runtime-dependency-installation",
+        "--fleet-api-address",
+        f"{bind}:{config.fleet_port}",
+        "--host",
+        config.control_host,
+        "--port",
+        str(config.control_port),
+    ]
+    if config.insecure:
+        return [*argv, "--insecure"]
+    pki = fed.pki
+    return [
+        *argv,
+        "--ssl-ca-certfile",
+        str(pki.ca_cert),
+        "--ssl-certfile",
+        str(pki.server_cert),
+        "--ssl-keyfile",
+        str(pki.server_key),
+        "--enable-supernode-auth",
+    ]
+
+
+def _wait_ready(
+    fed: FederationDir, config: FederationConfig, superlink_alive: Callable[[], bool]
+) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            list_nodes(fed.control(config))
+            return
+        except Exception as err:  # not listening yet
+            if not superlink_alive():
+                raise RuntimeError(_died(fed)) from err
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the SuperLink did not answer in {READY_TIMEOUT_S:.0f} s: "
+                    f"see {fed.logs / 'superlink.log'}"
+                ) from err
+            time.sleep(0.3)
+
+
+def _died(fed: FederationDir) -> str:
+    log = fed.logs / "superlink.log"
+    tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
+    return "the SuperLink exited:\n  " + "\n  ".join(tail) + f"\n(full log: {log})"
+
+
+def _enrollment_logging(fed: FederationDir) -> None:
+    logger = logging.getLogger("fedlora.enrollment")
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(fed.logs / "enrollment.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.addHandler(logging.StreamHandler())
+
+
+def start_server(root: Path, options: ServerOptions, *, echo: Echo = print) -> int:
+    """Run the SuperLink and the enrollment service until SIGINT/SIGTERM."""
+    fed = FederationDir(root)
+    fed.load()
+    config = fed.with_ports(
+        fleet=options.fleet_port,
+        control=options.control_port,
+        enroll=options.enroll_port,
+        control_host=options.control_host,
+        insecure=options.insecure,
+    )
+    if config.insecure:
+        echo(
+            "[fedlora] WARNING: --insecure: node traffic and enrollment are PLAINTEXT and nodes "
+            "are not authenticated; never use this outside a test bench"
+        )
+    fed.logs.mkdir(exist_ok=True)
+    _enrollment_logging(fed)
+    raise_on_signals()
+    env = daemon_env({"FLWR_HOME": str(fed.flower_home)})
+    superlink = spawn(
+        superlink_argv(fed, config, options.bind), env=env, log_path=fed.logs / "superlink.log"
+    )
+    enrollment = None
+    try:
+        _wait_ready(fed, config, lambda: superlink.poll() is None)
+        pki = fed.pki
+        tls = (
+            None if config.insecure else (pki.server_cert.read_bytes(), pki.server_key.read_bytes())
+        )
+        servicer = EnrollmentServicer(
+            registry=fed.registry(),
+            register=partial(_register, fed.control(config)),
+            ca_pem=pki.ca_cert.read_bytes(),
+            superlink_address=config.address(config.fleet_port),
+        )
+        enrollment = serve(servicer, address=f"{options.bind}:{config.enroll_port}", tls=tls)
+        _announce(root, config, echo)
+        while superlink.poll() is None:
+            time.sleep(0.5)
+        echo(f"[fedlora] error: {_died(fed)}")
+        return 1
+    except StopRequested as sig:
+        echo(f"[fedlora] {sig}: stopping the server")
+        return 0
+    finally:
+        if enrollment is not None:
+            enrollment.stop(grace=2.0)
+        stop(superlink)
+
+
+def _register(control: ControlAddress, name: str, public_key: str) -> int:
+    return register_node(control, name=name, public_key=public_key)
+
+
+def _announce(root: Path, config: FederationConfig, echo: Echo) -> None:
+    echo(f"[fedlora] SuperLink Fleet API (nodes, gRPC):  {config.address(config.fleet_port)}")
+    echo(f"[fedlora] enrollment service (nodes, gRPC):    {config.address(config.enroll_port)}")
+    echo(
+        f"[fedlora] Control API (operator only):         "
+        f"{config.control_host}:{config.control_port}"
+    )
+    echo(f"[fedlora] logs: {root / 'logs'}; stop with Ctrl-C")
+    echo(f"[fedlora] next: fedlora server invite --dir {root} --name hospital-a")
+
+
+def invite(root: Path, *, name: str, ttl: str) -> str:
+    """Store a hashed invitation for ``name`` and return the token to hand over."""
+    fed = FederationDir(root)
+    config = fed.load()
+    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"`--name` is {name!r}: use letters, digits, '-', '_' or '.'")
+    token = new_token(address=config.address(config.enroll_port), ca_pin=config.ca_pin)
+    fed.registry().add_invitation(
+        token_id=token.token_id, name=name, secret=token.secret, ttl_s=parse_ttl(ttl)
+    )
+    return token.encode()
+
+
+def node_table(root: Path) -> list[str]:
+    """``server nodes``: our enrollment records joined with Flower's view of each node."""
+    fed = FederationDir(root)
+    config = fed.load()
+    records = fed.registry().nodes()
+    try:
+        flower = {n.node_id: n.status for n in list_nodes(fed.control(config))}
+        note = ""
+    except Exception:
+        flower, note = {}, "(the server is not running: online status unknown)"
+    width = max([len(r.name) for r in records] + [4])
+    lines = [f"{'name':<{width}}  {'enrolled at (UTC)':<19}  {'status':<9}  key fingerprint"]
+    for r in records:
+        status = r.status
+        if status == "enrolled" and flower.get(r.node_id) == "online":
+            status = "online"
+        when = datetime.fromtimestamp(r.enrolled_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f"{r.name:<{width}}  {when}  {status:<9}  {r.fingerprint}")
+    if not records:
+        lines.append("(no nodes enrolled yet: `fedlora server invite --dir FED --name NAME`)")
+    return [*lines, note] if note else lines
+
+
+def revoke(root: Path, name: str) -> str:
+    """Unregister ``name``'s key from Flower's node authentication; it can no longer connect."""
+    fed = FederationDir(root)
+    config = fed.load()
+    registry = fed.registry()
+    record = registry.node(name)
+    if record is None:
+        known = ", ".join(r.name for r in registry.nodes()) or "none"
+        raise ValueError(f"`NAME` {name!r} is not an enrolled node (enrolled: {known})")
+    if record.status == "revoked":
+        return f"{name} was already revoked"
+    try:
+        unregister_node(fed.control(config), record.node_id)
+    except Exception as err:
+        raise RuntimeError(
+            f"could not reach the SuperLink to revoke {name!r} ({err}): run this while "
+            f"`fedlora server start --dir {root}` is running"
+        ) from None
+    registry.mark_revoked(name)
+    return f"revoked {name} (key {record.fingerprint}): it can no longer connect"

@@ -1,0 +1,3 @@
+"""Node enrollment beside the SuperLink: the registry of invitations and nodes, and the gRPC
+service (torch-free).
+"""

@@ -1,0 +1,180 @@
+"""The federation's enrollment records in one SQLite file: invitations (hashed), enrolled nodes,
+and an event log of every enrollment and refusal.
+
+SQLite gives the atomicity the service needs across threads and processes (`fedlora server
+invite` writes while `fedlora server start` serves): an enrollment runs in one ``BEGIN
+IMMEDIATE`` transaction, so of two joins racing with one token exactly one wins.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from protos.tokens import secret_hash, secret_matches
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS invitations (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, secret_hash TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, used_at REAL, used_by TEXT);
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY, node_id TEXT NOT NULL,  -- uint64: beyond SQLite INTEGER
+    fingerprint TEXT NOT NULL,
+    public_key TEXT NOT NULL, enrolled_at REAL NOT NULL, status TEXT NOT NULL,
+    revoked_at REAL);
+CREATE TABLE IF NOT EXISTS events (
+    at REAL NOT NULL, peer TEXT NOT NULL, name TEXT, outcome TEXT NOT NULL, reason TEXT);
+"""
+
+ENROLLED = "enrolled"
+REVOKED = "revoked"
+
+
+class Refused(Exception):
+    """An enrollment the service turns down; ``str()`` is the reason the node admin sees."""
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    node_id: int
+    fingerprint: str
+    enrolled_at: float
+    status: str
+
+
+Register = Callable[[str, str], int]  # (node name, OpenSSH public key) -> Flower node id
+
+
+class Registry:
+    """Invitations, nodes and events of one federation (``FED/enrollment.db``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def add_invitation(self, *, token_id: str, name: str, secret: str, ttl_s: int) -> None:
+        """Store a new invitation for ``name``; refuse a name that is already enrolled."""
+        now = time.time()
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if self._enrolled(conn, name):
+                conn.execute("ROLLBACK")
+                raise Refused(
+                    f"`--name` {name!r} is already enrolled: pick another name, or "
+                    f"`fedlora server revoke {name}` first to replace that node"
+                )
+            conn.execute(
+                "INSERT INTO invitations VALUES (?, ?, ?, ?, ?, NULL, NULL)",
+                (token_id, name, secret_hash(secret), now, now + ttl_s),
+            )
+            conn.execute("COMMIT")
+
+    def enroll(
+        self,
+        *,
+        token_id: str,
+        secret: str,
+        public_key: str,
+        fingerprint: str,
+        peer: str,
+        register: Register,
+    ) -> NodeRecord:
+        """Consume the token and register the key (all or nothing); raise :class:`Refused`."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                name = self._check_token(conn, token_id, secret)
+                node_id = register(name, public_key)
+            except Exception as err:
+                conn.execute("ROLLBACK")
+                reason = str(err) if isinstance(err, Refused) else f"registration failed: {err}"
+                self.log(peer=peer, name=None, outcome="refused", reason=reason)
+                raise Refused(reason) from err
+            now = time.time()
+            conn.execute(
+                "UPDATE invitations SET used_at = ?, used_by = ? WHERE id = ?",
+                (now, fingerprint, token_id),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (name, str(node_id), fingerprint, public_key, now, ENROLLED),
+            )
+            conn.execute("COMMIT")
+        self.log(peer=peer, name=name, outcome="enrolled", reason=f"key {fingerprint}")
+        return NodeRecord(name, node_id, fingerprint, now, ENROLLED)
+
+    def _check_token(self, conn: sqlite3.Connection, token_id: str, secret: str) -> str:
+        row = conn.execute(
+            "SELECT name, secret_hash, expires_at, used_at FROM invitations WHERE id = ?",
+            (token_id,),
+        ).fetchone()
+        # An unknown id and a wrong secret read the same: the caller learns nothing.
+        if row is None or not secret_matches(secret, row[1]):
+            raise Refused("unknown token: ask the operator for a new one (`fedlora server invite`)")
+        name, _, expires_at, used_at = row
+        if used_at is not None:
+            raise Refused(
+                f"token for {name!r} was already used: tokens are single-use; "
+                "ask the operator for a new one"
+            )
+        if expires_at <= time.time():
+            raise Refused(
+                f"token for {name!r} expired: ask the operator for a new one "
+                "(`fedlora server invite --ttl ...` sets its lifetime)"
+            )
+        if self._enrolled(conn, name):
+            raise Refused(
+                f"a node named {name!r} is already enrolled: the operator must revoke it first"
+            )
+        return str(name)
+
+    @staticmethod
+    def _enrolled(conn: sqlite3.Connection, name: str) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM nodes WHERE name = ? AND status = ?", (name, ENROLLED)
+        ).fetchone()
+        return row is not None
+
+    def nodes(self) -> list[NodeRecord]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT name, node_id, fingerprint, enrolled_at, status FROM nodes ORDER BY name"
+            ).fetchall()
+        return [NodeRecord(str(r[0]), int(r[1]), str(r[2]), float(r[3]), str(r[4])) for r in rows]
+
+    def node(self, name: str) -> NodeRecord | None:
+        return next((n for n in self.nodes() if n.name == name), None)
+
+    def mark_revoked(self, name: str) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE nodes SET status = ?, revoked_at = ? WHERE name = ?",
+                (REVOKED, time.time(), name),
+            )
+        self.log(peer="operator", name=name, outcome="revoked", reason="")
+
+    def log(self, *, peer: str, name: str | None, outcome: str, reason: str) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                (time.time(), peer, name, outcome, reason),
+            )
+
+    def events(self) -> list[tuple[float, str, str | None, str, str]]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT at, peer, name, outcome, reason FROM events").fetchall()
+        return [(float(r[0]), str(r[1]), r[2], str(r[3]), str(r[4] or "")) for r in rows]

@@ -1,0 +1,97 @@
+"""The run directory: `metrics.jsonl` (one record per round), progress lines, summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.run.privacy_summary import decline_notes, epsilon_column
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def new_run_dir(root: Path) -> Path:
+    """``root/<UTC timestamp>``, made unique with a counter if needed."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for i in range(1000):
+        path = root / (stamp if i == 0 else f"{stamp}-{i}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            continue
+        return path
+    raise RuntimeError(f"could not create a fresh run folder under {root}")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``, in round order."""
+    with (run_dir / METRICS_FILE).open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+@dataclass
+class RunLog:
+    """Appends one JSON record per round and prints one progress line per round."""
+
+    run_dir: Path
+    num_rounds: int
+    echo: Callable[[str], None] = print
+    started: float = field(default_factory=time.perf_counter)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = {**record, "elapsed_s": round(time.perf_counter() - self.started, 3)}
+        self.records.append(record)
+        with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self.echo(self.progress_line(record))
+
+    def progress_line(self, record: dict[str, Any]) -> str:
+        nodes = record.get("nodes", {})
+        evals = " ".join(f"{name}={_fmt(n.get('eval_loss'))}" for name, n in nodes.items())
+        parts = [f"[fedlora] round {record['round']}/{self.num_rounds}", f"eval loss {evals}"]
+        if record["round"] > 0:
+            parts.append(f"global rank {record.get('global_rank', 0)}")
+            parts.append(f"trunc err {record.get('recompress_error', 0.0):.1e}")
+            parts.append(f"up {record.get('bytes_up', 0) / 1e3:.0f} kB")
+        parts.append(f"{record['elapsed_s']:.0f} s")
+        return " | ".join(parts)
+
+    def summary_table(self) -> str:
+        """Per node: rank, eval loss before the first and after the last round."""
+        if not self.records:
+            return "(no rounds recorded)"
+        first, last = self.records[0], self.records[-1]
+        names = sorted(set(first.get("nodes", {})) | set(last.get("nodes", {})))
+        ranks = {n: r for rec in self.records for n, e in rec.get("nodes", {}).items()
+                 if (r := e.get("rank")) is not None}  # fmt: skip
+        width = max([len(n) for n in names] + [4])
+        eps = epsilon_column(self.records)  # empty unless some node ran with privacy
+        lines = [f"{'node':<{width}}  rank  eval loss r0  eval loss r{last['round']}  change"
+                 + ("  ε spent" if eps else "")]  # fmt: skip
+        for name in names:
+            before = first.get("nodes", {}).get(name, {}).get("eval_loss")
+            after = last.get("nodes", {}).get(name, {}).get("eval_loss")
+            change = "-" if before is None or after is None else f"{after - before:+.3f}"
+            rank = ranks.get(name, "-")
+            lines.append(
+                f"{name:<{width}}  {rank!s:>4}  {_fmt(before):>12}  {_fmt(after):>12}  {change:>6}"
+                + (f"  {eps.get(name, '-')}" if eps else "")
+            )
+        total_up = sum(rec.get("bytes_up", 0) for rec in self.records)
+        total_down = sum(rec.get("bytes_down", 0) for rec in self.records)
+        lines.append(
+            f"global rank {last.get('global_rank', 0)}; LoRA factors up {total_up / 1e6:.2f} MB, "
+            f"down {total_down / 1e6:.2f} MB; {last['elapsed_s']:.0f} s"
+        )
+        lines.extend(decline_notes(self.records))
+        return "\n".join(lines)

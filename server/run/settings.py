@@ -1,0 +1,184 @@
+"""Typed server settings, read once from Flower's run config; every problem reported at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from client.privacy.settings import PrivacySettings, run_privacy
+from client.settings import TrainConfig, parse_ranks
+from common.config import DEFAULT_RUN_CONFIG, ConfigValue, SettingsError
+from server.run.checkpoint import CHECKPOINT_FILE
+from strategies.flower.rounds import RoundPolicy
+from strategies.math.validation import ReplyLimits
+from strategies.options import AggregationOptions, Federation
+from strategies.registry import STRATEGIES, check_strategy_options
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the ServerApp needs; built by :func:`server_settings` (defaults: run config)."""
+
+    num_rounds: int
+    strategy: str
+    base_model: str
+    target_modules: str
+    lora_ranks: tuple[int, ...]
+    train: TrainConfig
+    federation: Federation
+    aggregation: AggregationOptions
+    round_timeout_s: float
+    run_dir: Path
+    server_eval_data: Path | None
+    # What the run suggests to the nodes; each node may only tighten it (client/privacy_settings).
+    privacy: PrivacySettings
+    limits: ReplyLimits = field(default_factory=ReplyLimits)
+    policy: RoundPolicy = field(default_factory=RoundPolicy)
+    # A run folder to continue from its checkpoint (server/run/checkpoint.py), or None.
+    resume_from: Path | None = None
+    # The whole run config (defaults filled in): what a checkpoint compares on resume.
+    run_config: Mapping[str, ConfigValue] = field(default_factory=dict)
+
+
+KNOWN_KEYS = frozenset(DEFAULT_RUN_CONFIG)
+
+
+class _Reader:
+    """Reads typed values from the run config, collecting problems instead of raising."""
+
+    def __init__(self, config: Mapping[str, ConfigValue]) -> None:
+        self.config = config
+        self.problems: list[str] = []
+
+    def get(self, key: str, kind: Callable[[Any], T], hint: str) -> T:
+        """The value of ``key`` as ``kind``; on a bad value, record it and use the default."""
+        value = self.config[key]
+        try:
+            if isinstance(value, bool) and kind is not bool:
+                raise TypeError
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise TypeError
+            return kind(value)
+        except (TypeError, ValueError):
+            self.problems.append(f"`{key}` is {value!r}: {hint}")
+            return kind(DEFAULT_RUN_CONFIG[key])
+
+    def build(self, cls: Callable[..., T], **kwargs: Any) -> T | None:
+        try:
+            return cls(**kwargs)
+        except ValueError as err:
+            self.problems.extend(getattr(err, "problems", None) or str(err).split("; "))
+            return None
+
+
+def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
+    """Build :class:`ServerSettings` from a Flower run config; raise :class:`SettingsError`."""
+    unknown = sorted(set(run_config) - KNOWN_KEYS)
+    r = _Reader({**DEFAULT_RUN_CONFIG, **run_config})
+    if unknown:
+        r.problems.append(
+            f"unknown run-config key(s) {unknown}: use the keys of [tool.flwr.app.config] "
+            f"({', '.join(sorted(KNOWN_KEYS))})"
+        )
+    name = r.get("strategy", str, "a strategy name")
+    if name not in STRATEGIES:
+        r.problems.append(f"`strategy` is {name!r}: use one of {', '.join(sorted(STRATEGIES))}")
+    ranks = parse_ranks(str(DEFAULT_RUN_CONFIG["lora-ranks"]))
+    try:
+        ranks = parse_ranks(r.get("lora-ranks", str, "comma-separated integers"))
+    except SettingsError as err:
+        r.problems.extend(err.problems)
+    seed = r.get("seed", int, "use an integer")
+    train = r.build(
+        TrainConfig,
+        local_steps=r.get("local-steps", int, "use an integer >= 1"),
+        batch_size=r.get("batch-size", int, "use an integer >= 1"),
+        learning_rate=r.get("learning-rate", float, "use a number in (0, 1)"),
+        max_length=r.get("max-length", int, "use an integer >= 1"),
+        seed=seed,
+    )
+    federation = r.build(
+        Federation,
+        min_nodes=r.get("min-nodes", int, "use an integer >= 1"),
+        fraction_train=r.get("fraction-train", float, "use a value in (0, 1]"),
+        node_wait_s=r.get("node-wait-s", float, "use seconds > 0"),
+        seed=seed,
+    )
+    cap = r.get("max-global-rank", int, "use an integer >= 1 (0: no cap)")
+    aggregation = r.build(
+        AggregationOptions,
+        max_global_rank=cap or None,
+        recompress_tol=r.get("recompress-tol", float, "use a value in [0, 1)"),
+        server_lr=r.get("server-lr", float, "use a number > 0"),
+    )
+    if aggregation is not None:
+        r.problems += check_strategy_options(name, ranks=ranks, server_lr=aggregation.server_lr)
+    rounds = r.get("num-server-rounds", int, "use an integer >= 1")
+    if rounds < 1:
+        r.problems.append(f"`num-server-rounds` is {rounds}: use an integer >= 1")
+    timeout = r.get("round-timeout-s", float, "use seconds > 0")
+    if not timeout > 0:
+        r.problems.append(f"`round-timeout-s` is {timeout}: use seconds > 0")
+    eval_data = r.get("server-eval-data", str, "a JSONL file path or empty")
+    if eval_data and not Path(eval_data).expanduser().is_file():
+        r.problems.append(
+            f"`server-eval-data` is {eval_data!r}, which is not a file: "
+            "give a JSONL file the server holds, or leave it empty"
+        )
+    limits, policy, resume_from = _reliability(r, timeout)
+    privacy = r.build(run_privacy, run_config=r.config) or PrivacySettings()
+    if r.problems or train is None or federation is None or aggregation is None:
+        raise SettingsError(r.problems)
+    assert limits is not None and policy is not None
+    return ServerSettings(
+        num_rounds=rounds,
+        strategy=name,
+        base_model=r.get("base-model", str, "a model directory or hub id"),
+        target_modules=r.get("target-modules", str, "module names"),
+        lora_ranks=ranks,
+        train=train,
+        federation=federation,
+        aggregation=aggregation,
+        round_timeout_s=timeout,
+        # Absolute: Flower's detached SuperLink runs apps in the folder it was first started from.
+        run_dir=Path(r.get("run-dir", str, "a folder path")).expanduser().resolve(),
+        server_eval_data=Path(eval_data).expanduser().resolve() if eval_data else None,
+        privacy=privacy,
+        limits=limits,
+        policy=policy,
+        resume_from=resume_from,
+        run_config=dict(r.config),
+    )
+
+
+def _reliability(
+    r: _Reader, timeout: float
+) -> tuple[ReplyLimits | None, RoundPolicy | None, Path | None]:
+    """Reply limits, round policy and the run folder to resume (README "Reliability")."""
+    limits = r.build(
+        ReplyLimits,
+        max_client_rank=r.get("max-client-rank", int, "use an integer >= 1"),
+        max_factor_norm=r.get("max-factor-norm", float, "use a number > 0"),
+        max_examples=r.get("max-examples", int, "use an integer >= 1"),
+        max_reply_mb=r.get("max-reply-mb", float, "use megabytes > 0"),
+    )
+    policy = r.build(
+        RoundPolicy,
+        min_replies=r.get("min-replies", int, "use an integer >= 1"),
+        max_round_retries=r.get("max-round-retries", int, "use an integer >= 0"),
+        round_timeout_s=timeout if timeout > 0 else 1.0,  # a bad timeout is reported above
+    )
+    resume = r.get("resume-from", str, "a run folder path or empty")
+    if not resume:
+        return limits, policy, None
+    path = Path(resume).expanduser().resolve()
+    if not (path / CHECKPOINT_FILE).is_file():
+        r.problems.append(
+            f"`resume-from` is {resume!r}, which holds no {CHECKPOINT_FILE}: give the run folder "
+            "of an earlier run (it is written after each completed round), or leave it empty"
+        )
+    return limits, policy, path

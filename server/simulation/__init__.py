@@ -1,0 +1,1 @@
+"""Local simulation: N institutions in this process through an in-process Flower grid."""

@@ -1,0 +1,105 @@
+"""Local simulation: N institutions in this process, the default data and the embedded model."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from client.privacy.settings import STATE_DIR_KEY
+from client.settings import node_settings
+from common.config import DEFAULT_RUN_CONFIG, ConfigValue, SettingsError
+from server.run.checkpoint import saved_run_config
+from server.run.federation import RunOutcome, run_federation
+from server.run.settings import server_settings
+from server.simulation.inprocess import InProcessGrid, node_contexts
+from strategies import protocol as p
+
+
+def simulate(
+    *,
+    num_nodes: int = 3,
+    run_config: Mapping[str, ConfigValue] | None = None,
+    node_configs: list[dict[str, ConfigValue]] | None = None,
+    num_threads: int = 0,
+    echo: Callable[[str], None] = print,
+    verbose: bool = False,
+    state_dir: Path | None = None,
+) -> RunOutcome:
+    """Run a whole federation in-process; returns the run folder, adapter folder and records.
+
+    ``run_config`` overrides the defaults (``DEFAULT_RUN_CONFIG``), or, with ``resume-from``, the
+    settings saved in that run's checkpoint; node ``i`` gets
+    ``partition-id = i`` (its synthetic institution) unless ``node_configs`` says otherwise.
+    Each node keeps its privacy ledger in ``state_dir/<node name>`` (default: the run folder's
+    ``state/<node name>``) unless its node config sets ``state-dir``.
+    """
+    if num_nodes < 1:
+        raise ValueError(f"`--nodes` is {num_nodes}: use an integer >= 1")
+    given = {**saved_run_config(run_config or {}), **(run_config or {})}
+    config = {**DEFAULT_RUN_CONFIG, **given}
+    if "min-nodes" not in given:
+        config["min-nodes"] = min(num_nodes, int(DEFAULT_RUN_CONFIG["min-nodes"]))
+    settings = server_settings(config)
+    nodes: list[dict[str, ConfigValue]] = [
+        {"partition-id": i, "num-partitions": num_nodes, "num-threads": num_threads}
+        for i in range(num_nodes)
+    ]
+    for i, extra in enumerate(node_configs or []):
+        nodes[i].update(extra)
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
+    contexts = node_contexts(nodes, config)
+    grid = InProcessGrid(_client_app(), contexts, on_reply=_progress(echo))
+    place = _state_dirs(contexts, config, root=state_dir)
+    return run_federation(grid, settings, echo=echo, on_run_dir=place)
+
+
+def _state_dirs(
+    contexts: Mapping[int, Context], config: Mapping[str, ConfigValue], *, root: Path | None
+) -> Callable[[Path], None]:
+    """Give each node without a ``state-dir`` its own folder, under ``root`` or, once the server
+    has made it, under the run folder."""
+
+    def place(run_dir: Path) -> None:
+        base = root if root is not None else run_dir / "state"
+        for node_id, context in contexts.items():
+            if not context.node_config.get(STATE_DIR_KEY):
+                try:
+                    name = node_settings(context.node_config, config).name
+                except SettingsError:
+                    name = f"node-{node_id}"  # its first instruction reports the problem
+                context.node_config[STATE_DIR_KEY] = str(base / name)
+
+    return place
+
+
+def _progress(echo: Callable[[str], None]) -> Callable[[Message, Message], None]:
+    """One line per node as its training reply arrives."""
+
+    def on_reply(msg: Message, reply: Message) -> None:
+        if msg.metadata.message_type != "train":
+            return
+        if reply.has_error():
+            reason = reply.error.reason.splitlines()[0] if reply.error.reason else "?"
+            echo(f"[fedlora]   node {msg.metadata.dst_node_id} failed: {reason}")
+            return
+        adapter: Mapping[str, Any] = reply.content.config_records.get(p.ADAPTER, {})
+        metrics: Mapping[str, Any] = reply.content.metric_records.get(p.METRICS, {})
+        name, rank = adapter.get(p.NODE_NAME, "?"), adapter.get(p.RANK, "?")
+        loss, seconds = metrics.get(p.TRAIN_LOSS, math.nan), metrics.get(p.TRAIN_SECONDS, math.nan)
+        eps = metrics.get(p.DP_EPSILON)
+        spent = f", ε {eps:.3f}" if isinstance(eps, float) else ""
+        echo(f"[fedlora]   {name!s}: rank {rank!s}, train loss {loss:.3f}, {seconds:.1f} s{spent}")
+
+    return on_reply
+
+
+def _client_app() -> ClientApp:
+    from client.app import app
+
+    return app

@@ -1,0 +1,194 @@
+"""Checking node replies: a bad reply is a value with a reason, not an exception ending a run."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from flwr.app import Message
+
+from strategies import protocol as p
+from strategies.math import validation as v
+from strategies.math.factors import Factors, LowRank, split_factor_keys
+from strategies.math.validation import ReplyLimits, Shapes
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A reply that was not used, and why."""
+
+    node_id: int
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One node's validated train reply."""
+
+    node_id: int
+    name: str
+    factors: dict[str, Factors]
+    num_examples: int
+    rank: int
+    metrics: dict[str, float]
+    bytes_up: int
+
+    def signature(self) -> tuple[tuple[str, int, int], ...]:
+        """Modules and their (out, in) dims: replies must agree on these to be combined."""
+        return tuple((m, b.shape[0], a.shape[1]) for m, (a, b, _) in sorted(self.factors.items()))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    node_id: int
+    name: str
+    loss: float
+    num_examples: int
+
+
+@dataclass
+class Parsed:
+    updates: list[ClientUpdate] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def _name(msg: Message) -> str:
+    if msg.has_content() and p.ADAPTER in msg.content.config_records:
+        return str(msg.content.config_records[p.ADAPTER].get(p.NODE_NAME, ""))
+    return ""
+
+
+def _number(msg: Message, key: str) -> float | None:
+    metrics = msg.content.metric_records.get(p.METRICS)
+    value = None if metrics is None else metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What this round's train replies must match (see :mod:`strategies.math.validation`).
+
+    ``modules`` maps module -> (out, in): the announced module set, or the global adapter's; empty
+    means "not known yet" and the largest group of replies with one signature wins.
+    ``fingerprint`` is the global adapter's, sent with the instruction; None: not checked.
+    """
+
+    limits: ReplyLimits = field(default_factory=ReplyLimits)
+    modules: Shapes = field(default_factory=dict)
+    fingerprint: str | None = None
+
+
+def parse_train_reply(msg: Message, expect: Expectation | None = None) -> ClientUpdate | Rejected:
+    """Validate one train reply against every rule; all problems found go into one reason."""
+    expect = expect or Expectation()
+    node, name = msg.metadata.src_node_id, _name(msg)
+    if msg.has_error():
+        return Rejected(node, name, f"node error {msg.error.code}: {msg.error.reason}")
+    content = msg.content
+    if p.ARRAYS not in content.array_records or p.ADAPTER not in content.config_records:
+        return Rejected(node, name, f"reply lacks `{p.ARRAYS}` or `{p.ADAPTER}` records")
+    record = content.array_records[p.ARRAYS]
+    problems = v.check_size(record.count_bytes(), expect.limits)
+    if problems:
+        return Rejected(node, name, problems[0])
+    try:
+        arrays = p.from_record(record)
+    except Exception as err:  # hostile bytes: whatever numpy raises is a reason, not a crash
+        return Rejected(node, name, f"`{p.ARRAYS}` cannot be decoded: {type(err).__name__}")
+    problems = v.check_dtypes(arrays)
+    pairs, key_problems = split_factor_keys(arrays)
+    problems += key_problems[:3]
+    if expect.modules:
+        problems += v.check_modules(set(pairs), expect.modules)
+    adapter = content.config_records[p.ADAPTER]
+    metrics = content.metric_records.get(p.METRICS)
+    num_examples = None if metrics is None else metrics.get(p.NUM_EXAMPLES)
+    problems += v.check_examples(num_examples, max_examples=expect.limits.max_examples)
+    rank, alpha = adapter.get(p.RANK), adapter.get(p.ALPHA)
+    if not isinstance(rank, int) or isinstance(rank, bool):
+        problems.append(f"`{p.RANK}` is {rank!r}: must be an integer >= 1")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
+        problems.append(f"`{p.ALPHA}` is {alpha!r}: must be a finite number > 0")
+    if expect.fingerprint is not None:
+        problems += v.check_fingerprint(adapter.get(p.GLOBAL_FINGERPRINT), expect.fingerprint)
+    if not pairs and not problems:
+        problems.append("reply carries no LoRA factors")
+    if problems:
+        return Rejected(node, name, "; ".join(problems[:5]))
+    assert isinstance(rank, int) and isinstance(alpha, int | float)
+    return _checked_update(msg, pairs, expect, rank=rank, alpha=float(alpha))
+
+
+def _checked_update(
+    msg: Message, pairs: dict[str, LowRank], expect: Expectation, *, rank: int, alpha: float
+) -> ClientUpdate | Rejected:
+    """The numeric rules (shapes, finiteness, norms) on a reply whose records are well formed."""
+    node, name = msg.metadata.src_node_id, _name(msg)
+    problems = v.check_shapes(
+        pairs, expect.modules, rank=rank, max_rank=expect.limits.max_client_rank
+    )
+    problems = problems or v.check_finite(pairs)
+    factors = _with_scaling(pairs, alpha / rank)
+    problems = problems or v.check_norms(factors, ceiling=expect.limits.max_factor_norm)
+    if problems:
+        return Rejected(node, name, "; ".join(problems[:5]))
+    metrics = {
+        k: float(x)
+        for k, x in msg.content.metric_records[p.METRICS].items()
+        if isinstance(x, int | float)
+    }
+    nbytes = msg.content.array_records[p.ARRAYS].count_bytes()
+    return ClientUpdate(node, name, factors, int(metrics[p.NUM_EXAMPLES]), rank, metrics, nbytes)
+
+
+def _with_scaling(pairs: dict[str, LowRank], scaling: float) -> dict[str, Factors]:
+    return {m: (a, b, scaling) for m, (a, b) in pairs.items()}
+
+
+def parse_train_replies(replies: Iterable[Message], expect: Expectation | None = None) -> Parsed:
+    """Validate all replies and keep those that agree with each other and with ``expect``.
+
+    Among the valid replies the largest group sharing one module signature is kept (it matters
+    only while no module set is known); the others are rejected with the reason.
+    """
+    parsed = Parsed()
+    candidates = []
+    for msg in replies:
+        result = parse_train_reply(msg, expect)
+        if isinstance(result, Rejected):
+            parsed.rejected.append(result)
+        else:
+            candidates.append(result)
+    if candidates:
+        majority, _ = Counter(u.signature() for u in candidates).most_common(1)[0]
+        for update in candidates:
+            if update.signature() == majority:
+                parsed.updates.append(update)
+            else:
+                parsed.rejected.append(
+                    Rejected(
+                        update.node_id, update.name, "adapted modules differ from the other nodes'"
+                    )
+                )
+    return parsed
+
+
+def parse_eval_reply(msg: Message) -> EvalResult | Rejected:
+    node, name = msg.metadata.src_node_id, _name(msg)
+    if msg.has_error():
+        return Rejected(node, name, f"node error {msg.error.code}: {msg.error.reason}")
+    loss, count = _number(msg, p.EVAL_LOSS), _number(msg, p.NUM_EXAMPLES)
+    if loss is None or count is None or count < 1:
+        return Rejected(node, name, f"reply lacks a finite `{p.EVAL_LOSS}` and `{p.NUM_EXAMPLES}`")
+    return EvalResult(node, name, loss, int(count))
+
+
+def example_weights(updates: Sequence[ClientUpdate]) -> list[float]:
+    """FedAvg's weights p_i = n_i / sum_j n_j over the accepted updates."""
+    total = sum(u.num_examples for u in updates)
+    return [u.num_examples / total for u in updates]

@@ -1,0 +1,65 @@
+"""Per-round record of what happened at each node, for ``metrics.jsonl`` and the summary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class NodeRound:
+    name: str
+    rank: int | None = None
+    num_examples: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    rejected: str | None = None
+    # The node's privacy ledger as it reported it (strategies/flower/privacy_report.py):
+    # cumulative ε at δ, this round's σ and q, steps so far,
+    # and the (σ, q, steps) history once σ or q changed.
+    dp_mode: str | None = None
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_sample_rate: float | None = None
+    dp_steps: int | None = None
+    dp_history: list[list[float]] | None = None
+
+
+@dataclass
+class RoundReport:
+    """One round: per-node numbers plus the global adapter's rank and truncation error."""
+
+    round: int
+    nodes: dict[int, NodeRound] = field(default_factory=dict)
+    global_rank: int = 0
+    recompress_error: float = 0.0
+    aggregated: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def node(self, node_id: int, name: str = "") -> NodeRound:
+        entry = self.nodes.setdefault(node_id, NodeRound(name=name or f"node-{node_id}"))
+        if name:
+            entry.name = name
+        return entry
+
+    def to_json(self) -> dict[str, Any]:
+        nodes = {
+            entry.name: {
+                "node_id": node_id,
+                **{k: v for k, v in asdict(entry).items() if k != "name"},
+            }
+            for node_id, entry in sorted(self.nodes.items(), key=lambda kv: kv[1].name)
+        }
+        return {
+            "round": self.round,
+            "aggregated": self.aggregated,
+            "global_rank": self.global_rank,
+            "recompress_error": self.recompress_error,
+            "bytes_up": sum(e.bytes_up for e in self.nodes.values()),
+            "bytes_down": sum(e.bytes_down for e in self.nodes.values()),
+            **self.extra,
+            "nodes": nodes,
+        }

@@ -1,0 +1,1 @@
+"""The aggregation math as pure functions on numpy arrays: no Flower, no torch, no I/O."""

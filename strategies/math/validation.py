@@ -1,0 +1,169 @@
+"""The rules a train reply must pass before anything is aggregated, as pure functions.
+
+Each ``check_*`` function returns the problems it finds as sentences naming the field, the value
+and the limit (empty: fine). They never raise on hostile input: a bad reply is a value with a
+reason. :mod:`strategies.flower.replies` applies them in order to one reply; the round-level rules
+(one reply per node, only in answer to this round's instruction) live there too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from strategies.math.factors import Factors
+
+MB = 1 << 20
+Shapes = Mapping[str, tuple[int, int]]  # module -> (out, in) of the base layer
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """Ceilings a train reply must stay under (run-config keys in backticks).
+
+    The defaults sit far above what honest training produces (see README, "Reliability") and far
+    below what takes over a federation: one reply of 1e30s moves ΔW by 52 orders of magnitude.
+    """
+
+    max_client_rank: int = 256
+    max_factor_norm: float = 10_000.0
+    max_examples: int = 10_000_000
+    max_reply_mb: float = 1024.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_client_rank < 1:
+            problems.append(f"`max-client-rank` is {self.max_client_rank}: use an integer >= 1")
+        if not self.max_factor_norm > 0:
+            problems.append(f"`max-factor-norm` is {self.max_factor_norm}: use a number > 0")
+        if self.max_examples < 1:
+            problems.append(f"`max-examples` is {self.max_examples}: use an integer >= 1")
+        if not self.max_reply_mb > 0:
+            problems.append(f"`max-reply-mb` is {self.max_reply_mb}: use megabytes > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def max_reply_bytes(self) -> int:
+        return int(self.max_reply_mb * MB)
+
+
+def fingerprint(arrays: Mapping[str, NDArray[np.floating]], *, salt: str, server_round: int) -> str:
+    """SHA-256 of the run's salt, the round and the global adapter as sent (keys, dtypes, bytes).
+
+    Sent in each train instruction's config and echoed in the reply: a reply computed from
+    another round's adapter (stale) or another run's (foreign) does not carry it.
+    """
+    digest = hashlib.sha256(f"{salt}:{server_round}".encode())
+    for key in sorted(arrays):
+        value = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{value.dtype.str}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def check_size(nbytes: int, limits: ReplyLimits) -> list[str]:
+    if nbytes > limits.max_reply_bytes:
+        return [f"reply is {nbytes / MB:.1f} MB, over `max-reply-mb` = {limits.max_reply_mb:g}"]
+    return []
+
+
+def check_dtypes(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """Real floating-point arrays only (no ints, bools, complex, objects)."""
+    bad = sorted(k for k, v in arrays.items() if not np.issubdtype(v.dtype, np.floating))
+    if bad:
+        dtypes = ", ".join(f"`{k}` is {arrays[k].dtype}" for k in bad[:3])
+        return [f"factors must be floating point: {dtypes}"]
+    return []
+
+
+def check_modules(modules: set[str], expected: Shapes) -> list[str]:
+    """Exactly the expected modules: none missing, none added."""
+    problems = []
+    extra, missing = sorted(modules - set(expected)), sorted(set(expected) - modules)
+    if extra:
+        problems.append(f"{len(extra)} unexpected module(s), e.g. `{extra[0]}`")
+    if missing:
+        problems.append(f"{len(missing)} expected module(s) missing, e.g. `{missing[0]}`")
+    return problems
+
+
+def check_shapes(
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    expected: Shapes,
+    *,
+    rank: int,
+    max_rank: int,
+) -> list[str]:
+    """Per module A is (r, in) and B is (out, r), with the reply's one r, 1 <= r <= ``max_rank``.
+
+    (out, in) come from ``expected`` where it names the module, else from the factors themselves.
+    """
+    if not 1 <= rank <= max_rank:
+        return [f"rank {rank} is outside 1..{max_rank} (`max-client-rank`)"]
+    problems = []
+    for module in sorted(pairs):
+        a, b = pairs[module]
+        if a.ndim != 2 or b.ndim != 2:
+            problems.append(f"module `{module}`: A is {a.shape} and B is {b.shape}; need matrices")
+            continue
+        out_dim, in_dim = expected.get(module, (b.shape[0], a.shape[1]))
+        if a.shape != (rank, in_dim) or b.shape != (out_dim, rank):
+            problems.append(
+                f"module `{module}`: A is {a.shape} and B is {b.shape}; "
+                f"need A {(rank, in_dim)} and B {(out_dim, rank)}"
+            )
+    return problems[:3]
+
+
+def check_finite(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    bad = [m for m, (a, b) in sorted(pairs.items()) if not (_finite(a) and _finite(b))]
+    return [f"module `{bad[0]}` (and {len(bad) - 1} more) has NaN or inf"] if bad else []
+
+
+def _finite(x: np.ndarray) -> bool:
+    return bool(np.isfinite(x).all())
+
+
+def factor_norms(factors: Factors) -> tuple[float, float, float]:
+    """Frobenius norms of A, B and of the scaled update s·B·A, with (r, r) work only.
+
+    ‖B A‖_F² = tr((BᵀB)(A Aᵀ)); computed in float64, so 1e30s overflow to inf, not wrap.
+    """
+    a, b, scaling = factors
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)  # (r, in), (out, r)
+    with np.errstate(over="ignore", invalid="ignore"):
+        gram = (b64.T @ b64) * (a64 @ a64.T)  # (r, r) elementwise: sum = tr((BᵀB)(AAᵀ))
+        product = abs(scaling) * float(np.sqrt(max(float(gram.sum()), 0.0)))
+        return float(np.linalg.norm(a64)), float(np.linalg.norm(b64)), product
+
+
+def check_norms(factors: Mapping[str, Factors], *, ceiling: float) -> list[str]:
+    """‖A‖_F, ‖B‖_F and ‖s·B·A‖_F of every module at most ``ceiling`` (`max-factor-norm`)."""
+    over = [(m, n) for m in sorted(factors) if not (n := max(factor_norms(factors[m]))) <= ceiling]
+    if over:
+        module, norm = over[0]
+        more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+        return [f"module `{module}`{more} has a factor norm of {norm:.3g}, "
+                f"over `max-factor-norm` = {ceiling:g}"]  # fmt: skip
+    return []
+
+
+def check_examples(value: object, *, max_examples: int) -> list[str]:
+    """``num-examples`` a positive integer (ints or integral floats) <= ``max_examples``."""
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if number is None or not 1 <= number <= max_examples or number != int(number):
+        return [f"`num-examples` is {value!r}: must be an integer in 1..{max_examples} "
+                "(`max-examples`)"]  # fmt: skip
+    return []
+
+
+def check_fingerprint(echoed: object, expected: str) -> list[str]:
+    if echoed != expected:
+        return [f"`global-fingerprint` is {str(echoed)[:16]!r}, not this round's: the reply was "
+                "computed from another round's or another run's global adapter"]  # fmt: skip
+    return []
