@@ -26,8 +26,8 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "max-length": 128,
     "max-global-rank": 64,
     "recompress-tol": 0.0,
-    # Step along the nodes' mean update (flora, flexlora, ffa); 1: plain average (README
-    # "Strategies compared").
+    # Step along the nodes' mean update (flora, flexlora, ffa); 1: plain average
+    # (docs/strategies.md).
     "server-lr": 1.0,
     "min-nodes": 2,
     "fraction-train": 1.0,

@@ -1,7 +1,7 @@
 """The node's base model, kept loaded across messages, and the global adapter applied to it.
 
 Loading the base model for every message costs more than the message's own work on a real model
-(README "Performance"). A process keeps one loaded base model, keyed by the model (its path and,
+(docs/performance.md). A process keeps one loaded base model, keyed by the model (its path and,
 for a folder, its files' sizes and times), the device and the dtype. The cache only saves time:
 
 - a message *checks out* the model: the entry leaves the cache while in use, so a concurrent

@@ -1,6 +1,6 @@
 """The node's privacy ledger: every noised release of one data set, kept across runs.
 
-The ledger belongs to the data, not to a run (DESIGN.md, "Privacy"): a node keeps, for its
+The ledger belongs to the data, not to a run (docs/privacy.md): a node keeps, for its
 training set (identified by a fingerprint of its records), every release's noise multiplier σ,
 sampling rate q and number of steps, and the δ it reports at. ε is always recomputed from this
 history with opacus's RDP accountant (``RDPAccountant.history`` has exactly this form), so a

@@ -5,7 +5,7 @@ Torch-free. Keys (run config, and the node config to tighten them): ``privacy``
 them; 0 means unset), ``dp-delta``, ``dp-clip-norm`` and ``dp-max-epsilon`` (the node's budget
 over the life of its data set; 0 means no budget). Stricter means more noise, a lower target ε,
 a lower δ, a lower budget. ``dp-clip-norm`` does not change ε (the noise scales with it), so a
-node may set it freely. See DESIGN.md, "Privacy".
+node may set it freely. See docs/privacy.md.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class ServerSettings:
     round_timeout_s: float
     run_dir: Path
     server_eval_data: Path | None
-    # What the run suggests to the nodes; each node may only tighten it (client/privacy_settings).
+    # What the run suggests to the nodes; a node may only tighten it (client/privacy/settings.py).
     privacy: PrivacySettings
     limits: ReplyLimits = field(default_factory=ReplyLimits)
     policy: RoundPolicy = field(default_factory=RoundPolicy)
@@ -158,7 +158,7 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
 def _reliability(
     r: _Reader, timeout: float
 ) -> tuple[ReplyLimits | None, RoundPolicy | None, Path | None]:
-    """Reply limits, round policy and the run folder to resume (README "Reliability")."""
+    """Reply limits, round policy and the run folder to resume (docs/reliability.md)."""
     limits = r.build(
         ReplyLimits,
         max_client_rank=r.get("max-client-rank", int, "use an integer >= 1"),

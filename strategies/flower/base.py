@@ -116,7 +116,7 @@ class LoraStrategy(Strategy):
         """Combine accepted updates into the new global adapter; record extras in the report."""
 
     def instruction(self, server_round: int) -> dict[str, ConfigValue]:
-        """What the node does with the global adapter (strategies/node_modes.py): merge it and
+        """What the node does with the global adapter (client/model/node_mode.py): merge it and
         train a fresh LoRA, unless a strategy says otherwise."""
         return {p.NODE_MODE: p.MERGE}
 

@@ -25,7 +25,7 @@ Shapes = Mapping[str, tuple[int, int]]  # module -> (out, in) of the base layer
 class ReplyLimits:
     """Ceilings a train reply must stay under (run-config keys in backticks).
 
-    The defaults sit far above what honest training produces (see README, "Reliability") and far
+    The defaults sit far above what honest training produces (see docs/reliability.md) and far
     below what takes over a federation: one reply of 1e30s moves ΔW by 52 orders of magnitude.
     """
 
