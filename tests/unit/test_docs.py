@@ -14,13 +14,16 @@ from __future__ import annotations
 import ast
 import io
 import re
+import shlex
 import tokenize
 from pathlib import Path
 
 import pytest
 
-from client.node.start import NODE_CONFIG_KEYS
-from common.config import DEFAULT_RUN_CONFIG
+from client.node.start import NODE_CONFIG_KEYS, check_node_overrides
+from common.config import DEFAULT_RUN_CONFIG, SettingsError
+from server.cli.main import build_parser
+from server.run.settings import server_settings
 
 REPO = Path(__file__).resolve().parents[2]
 TOP = (".ci", "bench", "client", "common", "deploy", "docs", "protos", "scripts", "server",
@@ -101,7 +104,7 @@ def broken_links(repo: Path, md_file: Path) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("md", markdown_files(REPO), ids=lambda p: p.name)
+@pytest.mark.parametrize("md", markdown_files(REPO), ids=lambda p: str(p.relative_to(REPO)))
 def test_markdown_paths_and_links_exist(md: Path) -> None:
     problems = missing_paths(REPO, md.read_text()) + broken_links(REPO, md)
     assert not problems, f"{md.relative_to(REPO)}:\n  " + "\n  ".join(problems)
@@ -167,3 +170,81 @@ def test_comments_are_read_across_lines_and_code_strings_are_not() -> None:
     assert "docs/a.md" in text and "client/b.py" in text
     assert 'README "Strategies compared"' in text
     assert "not_a_doc" not in text
+
+
+def shell_commands(markdown: str) -> list[list[str]]:
+    """Each ``fedlora …`` command in the file's sh/bash blocks, as argv after ``fedlora``."""
+    commands, block, lines = [], False, []
+    for line in markdown.splitlines():
+        if FENCE.match(line):
+            block = not block and line.strip().strip("`~") in ("sh", "bash")
+        elif block:
+            lines.append(line)
+    for line in "\n".join(lines).replace("\\\n", " ").splitlines():
+        line = re.sub(r"<[^<>\s]*>", "PLACEHOLDER", line)  # runs/<run>/adapter
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+        starts = [i for i, w in enumerate(words) if w == "fedlora" or w.endswith("/fedlora")]
+        if starts:
+            argv = words[starts[0] + 1 :]
+            ends = [i for i, w in enumerate(argv) if set(w) <= set("();<>|&")]
+            commands.append(argv[: ends[0]] if ends else argv)
+    return commands
+
+
+def command_problem(argv: list[str]) -> str | None:
+    """Why ``fedlora ARGV`` would not start as written, or None: parse, then check its --config."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return None if exit_.code == 0 else "the fedlora parser refuses it"
+    overrides = dict(getattr(args, "config", None) or [])
+    for key, flag in (("num-server-rounds", "rounds"), ("lora-ranks", "ranks")):
+        if getattr(args, flag, None) is not None:  # as the CLI maps them
+            overrides[key] = getattr(args, flag)
+    try:
+        if argv[:2] == ["node", "start"]:
+            check_node_overrides(overrides)
+        elif argv[0] in ("simulate", "run"):
+            server_settings({**DEFAULT_RUN_CONFIG, **overrides})
+    except SettingsError as err:
+        return str(err)
+    return None
+
+
+@pytest.mark.parametrize("md", markdown_files(REPO), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_fedlora_command_in_the_docs_parses(
+    md: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    problems = []
+    for argv in shell_commands(md.read_text()):
+        problem = command_problem(argv)
+        if problem:
+            problems.append(f"fedlora {shlex.join(argv)}: {problem} {capsys.readouterr().err}")
+    assert not problems, f"{md.relative_to(REPO)}:\n" + "\n".join(problems)
+
+
+def test_commands_are_read_from_shell_blocks_and_bad_ones_caught() -> None:
+    page = (
+        "```sh\n.venv/bin/fedlora simulate --rounds 2 \\\n    --config seed=1  # two\n"
+        'fedlora node join "$(fedlora server invite --dir F --name a | tail -n 1)" --dir N\n'
+        "fedlora node start --dir N --data D > n.log 2>&1 &\n"
+        "fedlora adapter inspect runs/<run>/adapter\n```\n"
+        "```\nfedlora not-in-a-sh-block\n```\n"
+    )
+    assert shell_commands(page) == [
+        ["simulate", "--rounds", "2", "--config", "seed=1"],
+        ["node", "join", "$(fedlora server invite --dir F --name a | tail -n 1)", "--dir", "N"],
+        ["node", "start", "--dir", "N", "--data", "D"],
+        ["adapter", "inspect", "runs/PLACEHOLDER/adapter"],
+    ]
+    assert command_problem(["simulate", "--rounds", "2"]) is None
+    assert command_problem(["simulate", "--rouds", "2"]) is not None
+    assert command_problem(["simulate", "--config", "strategy=fedit", "--ranks", "8"]) is None
+    assert command_problem(["simulate", "--config", "strategy=fedit"]) is not None  # 4,8,16
+    assert command_problem(["simulate", "--config", "local-step=10"]) is not None
+    assert "`strategy`" in str(command_problem(["run", "--dir", "F", "--config", "strategy=avg"]))
+    node = ["node", "start", "--dir", "N", "--data", "D", "--config"]
+    assert command_problem([*node, "privacy=dp-sgd", "--config", "dp-noise-multiplier=1"]) is None
+    assert "`dp-max-epsilon`" in str(command_problem([*node, "dp-max-epsilon=8"]))
