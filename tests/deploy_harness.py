@@ -114,6 +114,7 @@ class Federation:
     root: Path
     ports: tuple[int, int, int]  # fleet, control, enroll
     daemons: Daemons
+    dashboard_port: int = 0  # 0: off
 
     def start_server(self) -> None:
         fleet, control, enroll = self.ports
@@ -121,7 +122,7 @@ class Federation:
         self.daemons.start(
             "server", "server", "start", "--dir", self.fed, "--bind", "127.0.0.1",
             "--fleet-port", str(fleet), "--control-port", str(control),
-            "--enroll-port", str(enroll),
+            "--enroll-port", str(enroll), "--dashboard-port", str(self.dashboard_port),
         )  # fmt: skip
         log = self.daemons.logs / "server.log"
         seen = len(log.read_text(errors="replace"))  # a restart appends to the same log
@@ -166,8 +167,8 @@ def federation_at(root: Path) -> Iterator[Federation]:
     """A federation folder with the demo data and a running server; everything ended after."""
     (root / "logs").mkdir()
     daemons = Daemons(root / "logs")
-    fleet, control, enroll = free_ports(3)
-    fed = Federation(root / "FED", root, (fleet, control, enroll), daemons)
+    fleet, control, enroll, dashboard = free_ports(4)
+    fed = Federation(root / "FED", root, (fleet, control, enroll), daemons, dashboard)
     done = fedlora("server", "init", "--dir", fed.fed, "--host", "127.0.0.1")
     assert done.returncode == 0, done.stderr
     data = fedlora("data", "synth", "--out", root / "data", "--partitions", "3",

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from server.dashboard.access import DASHBOARD_PORT
 from server.operator.federation_dir import CONTROL_PORT, ENROLL_PORT, FLEET_PORT
 
 Parse = Callable[[str], Any]
@@ -27,6 +28,8 @@ def _cmd_server_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_server_start(args: argparse.Namespace) -> int:
+    from server.dashboard.access import new_access
+    from server.dashboard.app import Dashboard
     from server.operator.commands import ServerOptions, start_server
 
     options = ServerOptions(
@@ -37,7 +40,23 @@ def _cmd_server_start(args: argparse.Namespace) -> int:
         control_host=args.control_host,
         insecure=args.insecure,
     )
-    return start_server(args.dir, options)
+
+    def dashboard() -> Callable[[], None]:
+        started = Dashboard(args.dir, new_access(args.dir, port=args.dashboard_port)).start()
+        print(
+            f"[fedlora] dashboard (loopback, needs its token): http://127.0.0.1:{args.dashboard_port}/"
+            f" — `fedlora server dashboard --dir {args.dir}` prints the URL"
+        )
+        return started.stop
+
+    return start_server(args.dir, options, services=[dashboard] if args.dashboard_port else [])
+
+
+def _cmd_server_dashboard(args: argparse.Namespace) -> int:
+    from server.dashboard.access import load_access
+
+    print(load_access(args.dir).url)
+    return 0
 
 
 def _cmd_server_invite(args: argparse.Namespace) -> int:
@@ -110,7 +129,17 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
         help="address the Control API listens on (default loopback only)",
     )
     start.add_argument("--insecure", action="store_true", help="plaintext, no node auth (tests)")
+    start.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=DASHBOARD_PORT,
+        help=f"the operator's dashboard on loopback (default {DASHBOARD_PORT}; 0: off)",
+    )
     start.set_defaults(func=_cmd_server_start)
+
+    dash = server.add_parser("dashboard", help="print the dashboard's URL with its access token")
+    dash.add_argument("--dir", type=Path, required=True)
+    dash.set_defaults(func=_cmd_server_dashboard)
 
     inv = server.add_parser("invite", help="print a single-use, expiring token for one node")
     inv.add_argument("--dir", type=Path, required=True)

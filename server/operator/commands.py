@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -102,8 +102,14 @@ def _enrollment_logging(fed: FederationDir) -> None:
     logger.addHandler(logging.StreamHandler())
 
 
-def start_server(root: Path, options: ServerOptions, *, echo: Echo = print) -> int:
-    """Run the SuperLink and the enrollment service until SIGINT/SIGTERM."""
+# A service started beside the SuperLink once it is ready (the dashboard); returns its stop.
+Service = Callable[[], Callable[[], None]]
+
+
+def start_server(
+    root: Path, options: ServerOptions, *, echo: Echo = print, services: Sequence[Service] = ()
+) -> int:
+    """Run the SuperLink, the enrollment service and ``services`` until SIGINT/SIGTERM."""
     fed = FederationDir(root)
     fed.load()
     config = fed.with_ports(
@@ -126,6 +132,7 @@ def start_server(root: Path, options: ServerOptions, *, echo: Echo = print) -> i
         superlink_argv(fed, config, options.bind), env=env, log_path=fed.logs / "superlink.log"
     )
     enrollment = None
+    stops: list[Callable[[], None]] = []
     try:
         _wait_ready(fed, config, lambda: superlink.poll() is None)
         pki = fed.pki
@@ -139,6 +146,7 @@ def start_server(root: Path, options: ServerOptions, *, echo: Echo = print) -> i
             superlink_address=config.address(config.fleet_port),
         )
         enrollment = serve(servicer, address=f"{options.bind}:{config.enroll_port}", tls=tls)
+        stops.extend(start() for start in services)
         _announce(root, config, echo)
         while superlink.poll() is None:
             time.sleep(0.5)
@@ -148,6 +156,8 @@ def start_server(root: Path, options: ServerOptions, *, echo: Echo = print) -> i
         echo(f"[fedlora] {sig}: stopping the server")
         return 0
     finally:
+        for stop_service in stops:
+            stop_service()
         if enrollment is not None:
             enrollment.stop(grace=2.0)
         stop(superlink)

@@ -33,6 +33,7 @@ class FlowerNode:
     node_id: int
     name: str
     status: str  # Flower's: registered, online, offline, unregistered
+    last_seen: str = ""  # Flower's last activation time (ISO 8601), empty if never
 
 
 def load_node_public_key(openssh: str) -> ec.EllipticCurvePublicKey:
@@ -90,7 +91,10 @@ def list_nodes(control: ControlAddress) -> list[FlowerNode]:
 
     with control_client(control) as client:
         response = client.ListNodes(ListNodesRequest())
-    return [FlowerNode(int(n.node_id), str(n.name), str(n.status)) for n in response.nodes_info]
+    return [
+        FlowerNode(int(n.node_id), str(n.name), str(n.status), str(n.last_activated_at or ""))
+        for n in response.nodes_info
+    ]
 
 
 @dataclass(frozen=True)

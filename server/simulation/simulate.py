@@ -14,6 +14,7 @@ from flwr.clientapp import ClientApp
 from client.privacy.settings import STATE_DIR_KEY
 from client.settings import node_settings
 from common.config import DEFAULT_RUN_CONFIG, ConfigValue, SettingsError
+from server.report.html import write_report
 from server.run.checkpoint import saved_run_config
 from server.run.federation import RunOutcome, run_federation
 from server.run.settings import server_settings
@@ -56,7 +57,9 @@ def simulate(
     contexts = node_contexts(nodes, config)
     grid = InProcessGrid(_client_app(), contexts, on_reply=_progress(echo))
     place = _state_dirs(contexts, config, root=state_dir)
-    return run_federation(grid, settings, echo=echo, on_run_dir=place)
+    outcome = run_federation(grid, settings, echo=echo, on_run_dir=place)
+    echo(f"[fedlora] report: {write_report(outcome.run_dir)}")
+    return outcome
 
 
 def _state_dirs(
