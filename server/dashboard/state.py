@@ -30,6 +30,14 @@ def _utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _seen(iso: str) -> str:
+    """Flower's ISO 8601 time as ``YYYY-MM-DD HH:MM:SS`` UTC; "—" when never seen."""
+    try:
+        return _utc(datetime.fromisoformat(iso).timestamp()) if iso else "—"
+    except ValueError:
+        return iso[:19] or "—"
+
+
 def flower_nodes(fed: FederationDir) -> tuple[dict[int, FlowerNode], str | None]:
     """Flower's nodes by id, or ``({}, why)`` when the Control API cannot be asked."""
     try:
@@ -52,7 +60,7 @@ def node_rows(fed: FederationDir, flower: dict[int, FlowerNode]) -> list[NodeRow
                 name=record.name,
                 status=status,
                 enrolled_at=_utc(record.enrolled_at),
-                last_seen=(seen.last_seen if seen is not None else "") or "—",
+                last_seen=_seen(seen.last_seen if seen is not None else ""),
                 fingerprint=record.fingerprint,
             )
         )

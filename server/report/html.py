@@ -54,8 +54,8 @@ def status_badge(status: str) -> str:
 
 
 def _privacy(view: RunView) -> str:
-    if not view.privacy:
-        return ""
+    if all(p.mode == "none" for p in view.privacy):
+        return "<h3>Privacy</h3><p class='muted'>no node trained with differential privacy</p>"
     rows = []
     for p in view.privacy:
         eps = "—" if p.epsilon is None else f"{p.epsilon:.3f}"
