@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from common.config import DEFAULT_RUN_CONFIG
+from common import files
 from server.run import checkpoint as ck
 
 
@@ -47,11 +48,11 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(
         raise OSError("power cut")
 
     if crash_in == "write":  # half the bytes reach the temp file, then the process dies
-        real_open = open
+        real_fdopen = os.fdopen
 
         class HalfWriter:
-            def __init__(self, path: object, mode: str) -> None:
-                self.handle = real_open(path, mode)  # type: ignore[call-overload]
+            def __init__(self, fd: int, mode: str) -> None:
+                self.handle = real_fdopen(fd, mode)
 
             def __enter__(self) -> HalfWriter:
                 return self
@@ -63,9 +64,9 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(
                 self.handle.write(data[: len(data) // 2])
                 raise OSError("power cut")
 
-        monkeypatch.setattr(ck, "open", HalfWriter, raising=False)
+        monkeypatch.setattr(files.os, "fdopen", HalfWriter)
     else:
-        monkeypatch.setattr(ck.os, crash_in, crash)
+        monkeypatch.setattr(files.os, crash_in, crash)
     with pytest.raises(OSError, match="power cut"):
         ck.save_checkpoint(tmp_path, _checkpoint(2))
     monkeypatch.undo()
