@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import DEFAULT_RUN_CONFIG
 from common import files
+from common.config import DEFAULT_RUN_CONFIG
 from server.run import checkpoint as ck
 
 
