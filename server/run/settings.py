@@ -70,8 +70,8 @@ class _Reader:
     def build(self, cls: Callable[..., T], **kwargs: Any) -> T | None:
         try:
             return cls(**kwargs)
-        except ValueError as err:
-            self.problems.extend(getattr(err, "problems", None) or str(err).split("; "))
+        except SettingsError as err:
+            self.problems.extend(err.problems)
             return None
 
 
@@ -165,6 +165,7 @@ def _reliability(
         max_factor_norm=r.get("max-factor-norm", float, "use a number > 0"),
         max_examples=r.get("max-examples", int, "use an integer >= 1"),
         max_reply_mb=r.get("max-reply-mb", float, "use megabytes > 0"),
+        max_lora_scaling=r.get("max-lora-scaling", float, "use a number > 0"),
     )
     policy = r.build(
         RoundPolicy,

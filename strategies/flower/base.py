@@ -32,6 +32,7 @@ from strategies.flower.replies import (
     Expectation,
     Parsed,
     Rejected,
+    aggregation_order,
     parse_eval_reply,
     parse_train_replies,
 )
@@ -95,6 +96,8 @@ class LoraStrategy(Strategy):
         # Rounds completed before this process started (resume): Flower's loop counts from 1.
         self.round_offset = 0
         self.rounds: dict[int, RoundReport] = {}
+        # node id -> the rank of its last accepted train reply
+        self.node_ranks: dict[int, int] = {}
         self._names: dict[int, str] = {}
         self._global: GlobalAdapter = {}
         # The ArrayRecord `_global` was read from, and its fp32 wire form: Flower hands the same
@@ -115,6 +118,16 @@ class LoraStrategy(Strategy):
     ) -> GlobalAdapter:
         """Combine accepted updates into the new global adapter; record extras in the report."""
 
+    def screen_update(
+        self, update: ClientUpdate, round_updates: Sequence[ClientUpdate]
+    ) -> str | None:
+        """Why this algorithm cannot use a valid ``update`` (None: it can; default: always).
+
+        Called for every update that passed the common rules, with all of this attempt's valid
+        updates in aggregation order; a reason refuses the update like any bad reply.
+        """
+        return None
+
     def instruction(self, server_round: int) -> dict[str, ConfigValue]:
         """What the node does with the global adapter (strategies/node_modes.py): merge it and
         train a fresh LoRA, unless a strategy says otherwise."""
@@ -123,6 +136,11 @@ class LoraStrategy(Strategy):
     def node_record(self, node_id: int, record: ArrayRecord) -> ArrayRecord:
         """The global adapter as sent to ``node_id`` for training (default: the same to all)."""
         return record
+
+    @property
+    def global_rank(self) -> int:
+        """The largest rank of the global adapter's modules (0 before round 1)."""
+        return max((a.shape[0] for a, _ in self._global.values()), default=0)
 
     # -- Flower hooks ---------------------------------------------------------------------------
     def report(self, server_round: int) -> RoundReport:
@@ -210,28 +228,40 @@ class LoraStrategy(Strategy):
         return self._aggregate_updates(server_round, parsed.updates)
 
     def _parse_round(self, server_round: int, replies: Iterable[Message]) -> Parsed:
-        """Screen and validate one attempt's replies; record every refusal and every update."""
+        """Screen and validate one attempt's replies; record every refusal and every update.
+
+        Accepted updates are labelled first, in aggregation order, so a name two nodes claim
+        stays with a node whose reply is used.
+        """
         report = self.report(server_round)
         kept, refused = screen_replies(
             list(replies), self._sent, timeout_s=self.policy.round_timeout_s
         )
-        record_privacy(report, kept, self._label)  # ε is spent whether or not a reply is used
         expect = Expectation(
             limits=self.limits,
             modules=self.expected_modules(),
             fingerprint=self.global_fingerprint(server_round),
         )
-        parsed = parse_train_replies(kept, expect)
-        for bad in [*refused, *parsed.rejected]:
-            entry = report.node(bad.node_id, self._label(bad.node_id, bad.name))
-            entry.rejected = bad.reason
-            log(WARNING, "round %d: reply from %s not used: %s", server_round, entry.name,
-                bad.reason)  # fmt: skip
+        valid = parse_train_replies(kept, expect)
+        parsed = Parsed(rejected=[*refused, *valid.rejected])
+        for update in valid.updates:
+            reason = self.screen_update(update, valid.updates)
+            if reason:
+                parsed.rejected.append(Rejected(update.node_id, update.name, reason))
+            else:
+                parsed.updates.append(update)
         for update in parsed.updates:
             entry = report.node(update.node_id, self._label(update.node_id, update.name))
             entry.rank, entry.num_examples = update.rank, update.num_examples
             entry.train_loss, entry.bytes_up = update.metrics.get(p.TRAIN_LOSS), update.bytes_up
             entry.rejected = None
+            self.node_ranks[update.node_id] = update.rank
+        for bad in parsed.rejected:
+            entry = report.node(bad.node_id, self._label(bad.node_id, bad.name))
+            entry.rejected = bad.reason
+            log(WARNING, "round %d: reply from %s not used: %s", server_round, entry.name,
+                bad.reason)  # fmt: skip
+        record_privacy(report, kept, self._label)  # ε is spent whether or not a reply is used
         return parsed
 
     def expected_modules(self) -> Shapes:
@@ -244,12 +274,10 @@ class LoraStrategy(Strategy):
         self, server_round: int, updates: Sequence[ClientUpdate]
     ) -> tuple[ArrayRecord, MetricRecord]:
         report = self.report(server_round)
-        # Replies arrive in any order; a fixed order (by node name) makes the floating-point
-        # result the same in every deployment and in simulation.
-        updates = sorted(updates, key=lambda u: (u.name, u.node_id))
+        updates = sorted(updates, key=aggregation_order)  # replies arrive in any order
         self._global = self.aggregate(server_round, updates, self._global)
         report.aggregated = True
-        report.global_rank = max((a.shape[0] for a, _ in self._global.values()), default=0)
+        report.global_rank = self.global_rank
         total = sum(u.num_examples for u in updates)
         loss = sum(u.num_examples * u.metrics.get(p.TRAIN_LOSS, math.nan) for u in updates) / total
         arrays = p.to_record(join_factor_keys(self._global), dtype=np.float64)
@@ -263,7 +291,7 @@ class LoraStrategy(Strategy):
         report = self.report(server_round)
         results = []
         for msg in replies:
-            result = parse_eval_reply(msg)
+            result = parse_eval_reply(msg, self.limits)
             node = addressee(msg, self._sent_eval)  # the SuperLink's errors name no node
             entry = report.node(node, self._label(node, result.name))
             if isinstance(result, Rejected):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from flwr.app import Message
 
+from common.config import SettingsError
 from strategies.flower.replies import Rejected
 
 
@@ -35,7 +36,7 @@ class RoundPolicy:
         if not self.round_timeout_s > 0:
             problems.append(f"`round-timeout-s` is {self.round_timeout_s}: use seconds > 0")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError(problems)
 
 
 class RoundFailedError(RuntimeError):

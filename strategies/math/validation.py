@@ -9,12 +9,14 @@ reason. :mod:`strategies.flower.replies` applies them in order to one reply; the
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from common.config import SettingsError
 from strategies.math.factors import Factors
 
 MB = 1 << 20
@@ -27,12 +29,20 @@ class ReplyLimits:
 
     The defaults sit far above what honest training produces (see README, "Reliability") and far
     below what takes over a federation: one reply of 1e30s moves ΔW by 52 orders of magnitude.
+    ``max_lora_scaling`` bounds α/r: a node's own scaling multiplies its factors in every
+    aggregation, so a tiny A with a huge α hides a huge s·B behind a small product.
+    The metric-record caps and ``max_eval_loss`` are not run-config keys: honest nodes send a
+    dozen numbers and a cross-entropy of a few nats.
     """
 
     max_client_rank: int = 256
     max_factor_norm: float = 10_000.0
     max_examples: int = 10_000_000
     max_reply_mb: float = 1024.0
+    max_lora_scaling: float = 64.0
+    max_metric_keys: int = 64
+    max_metric_kib: float = 64.0
+    max_eval_loss: float = 1000.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -44,8 +54,15 @@ class ReplyLimits:
             problems.append(f"`max-examples` is {self.max_examples}: use an integer >= 1")
         if not self.max_reply_mb > 0:
             problems.append(f"`max-reply-mb` is {self.max_reply_mb}: use megabytes > 0")
+        if not (math.isfinite(self.max_lora_scaling) and self.max_lora_scaling > 0):
+            problems.append(
+                f"`max-lora-scaling` is {self.max_lora_scaling}: use a number > 0 (the largest "
+                "alpha / r a node may use, e.g. 64)"
+            )
+        if self.max_metric_keys < 1 or not self.max_metric_kib > 0 or not self.max_eval_loss > 0:
+            problems.append("the metric caps of `ReplyLimits` must be > 0")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError(problems)
 
     @property
     def max_reply_bytes(self) -> int:
@@ -143,13 +160,64 @@ def factor_norms(factors: Factors) -> tuple[float, float, float]:
 
 
 def check_norms(factors: Mapping[str, Factors], *, ceiling: float) -> list[str]:
-    """‖A‖_F, ‖B‖_F and ‖s·B·A‖_F of every module at most ``ceiling`` (`max-factor-norm`)."""
-    over = [(m, n) for m in sorted(factors) if not (n := max(factor_norms(factors[m]))) <= ceiling]
+    """‖A‖_F, ‖B‖_F, ‖s·A‖_F, ‖s·B‖_F and ‖s·B·A‖_F of every module at most ``ceiling``.
+
+    Each strategy combines one of these: FLoRA stacks s·A beside B, FedIT and zero-padding
+    average A and s·B, FlexLoRA and FFA the products; all five are bounded (`max-factor-norm`).
+    """
+    over = []
+    for module in sorted(factors):
+        a, b, product = factor_norms(factors[module])
+        scaling = abs(factors[module][2])
+        named = {"A": a, "B": b, "s·A": scaling * a, "s·B": scaling * b, "s·B·A": product}
+        worst = max(named, key=lambda k: -math.inf if math.isnan(named[k]) else named[k])
+        if not all(n <= ceiling for n in named.values()):
+            over.append((module, worst, named[worst]))
     if over:
-        module, norm = over[0]
+        module, which, norm = over[0]
         more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
-        return [f"module `{module}`{more} has a factor norm of {norm:.3g}, "
+        return [f"module `{module}`{more} has a factor norm ‖{which}‖ of {norm:.3g}, "
                 f"over `max-factor-norm` = {ceiling:g}"]  # fmt: skip
+    return []
+
+
+def check_scaling(alpha: float, rank: int, *, max_scaling: float) -> list[str]:
+    """The reply's LoRA scaling s = α/r at most ``max_scaling`` (`max-lora-scaling`)."""
+    scaling = alpha / rank
+    if not scaling <= max_scaling:
+        return [f"`alpha` / `rank` is {alpha:g} / {rank} = {scaling:.3g}, over "
+                f"`max-lora-scaling` = {max_scaling:g}: the node's scaling multiplies its "
+                f"factors; set its `lora-alpha` <= {max_scaling * rank:g} or raise "
+                "`max-lora-scaling`"]  # fmt: skip
+    return []
+
+
+def check_metrics(
+    metrics: Mapping[str, object], *, nbytes: int, limits: ReplyLimits, record: str = "metrics"
+) -> list[str]:
+    """A metric record of at most ``max_metric_keys`` keys and ``max_metric_kib`` KiB whose
+    numbers (scalars or lists) are all finite."""
+    if len(metrics) > limits.max_metric_keys:
+        return [f"`{record}` has {len(metrics)} keys, over the limit of {limits.max_metric_keys}: "
+                "send num-examples, the losses and the privacy figures only"]  # fmt: skip
+    if nbytes > limits.max_metric_kib * 1024:
+        return [f"`{record}` is {nbytes / 1024:.1f} KiB, over the limit of "
+                f"{limits.max_metric_kib:g} KiB"]  # fmt: skip
+    for key in sorted(metrics):
+        value = metrics[key]
+        values = value if isinstance(value, list) else [value]
+        for i, x in enumerate(values):
+            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+                where = f"[{i}]" if isinstance(value, list) else ""
+                return [f"`{key}`{where} is {x!r} in `{record}`: metrics must be finite numbers"]
+    return []
+
+
+def check_eval_loss(value: object, *, max_loss: float) -> list[str]:
+    """``eval-loss`` a finite number in [0, ``max_loss``] (a cross-entropy in nats)."""
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if number is None or not 0 <= number <= max_loss:
+        return [f"`eval-loss` is {value!r}: must be a cross-entropy in [0, {max_loss:g}]"]
     return []
 
 
