@@ -52,6 +52,7 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "max-examples": 10000000,
     "max-reply-mb": 1024.0,
     "max-lora-scaling": 64.0,
+    "max-norm-ratio": 0.0,
     "min-replies": 1,
     "max-round-retries": 2,
     "resume-from": "",

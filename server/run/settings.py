@@ -132,6 +132,7 @@ def _reliability(
         max_examples=r.get("max-examples", int, "use an integer >= 1"),
         max_reply_mb=r.get("max-reply-mb", float, "use megabytes > 0"),
         max_lora_scaling=r.get("max-lora-scaling", float, "use a number > 0"),
+        max_norm_ratio=r.get("max-norm-ratio", float, "use 0 (off) or a number > 1"),
     )
     policy = r.build(
         RoundPolicy,

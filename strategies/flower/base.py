@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 import secrets
-import time
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
@@ -35,36 +34,23 @@ from strategies.flower.replies import (
     aggregation_order,
     parse_eval_reply,
     parse_train_replies,
+    screen_updates,
 )
 from strategies.flower.report import RoundReport
-from strategies.flower.rounds import RoundFailedError, RoundPolicy, addressee, screen_replies
+from strategies.flower.rounds import NotEnoughNodesError as NotEnoughNodesError  # re-exported
+from strategies.flower.rounds import (
+    RoundFailedError,
+    RoundPolicy,
+    addressee,
+    screen_replies,
+    wait_for_nodes,
+)
 from strategies.math.factors import LowRank, join_factor_keys, split_factor_keys
 from strategies.math.validation import ReplyLimits, Shapes, fingerprint
 from strategies.options import AggregationOptions as AggregationOptions  # re-exported
 from strategies.options import Federation as Federation  # re-exported
 
 GlobalAdapter = dict[str, LowRank]
-
-
-class NotEnoughNodesError(RuntimeError):
-    """Fewer nodes connected than ``min-nodes`` within ``node-wait-s``."""
-
-
-def wait_for_nodes(
-    grid: Grid, *, min_nodes: int, timeout_s: float, poll_s: float = 0.5
-) -> list[int]:
-    """Node ids once at least ``min_nodes`` are connected; raise after ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ids = sorted(grid.get_node_ids())
-        if len(ids) >= min_nodes:
-            return ids
-        if time.monotonic() >= deadline:
-            raise NotEnoughNodesError(
-                f"{len(ids)} node(s) connected after {timeout_s:.0f} s but `min-nodes` is "
-                f"{min_nodes}: start more nodes, raise `node-wait-s`, or lower `min-nodes`"
-            )
-        time.sleep(poll_s)
 
 
 class LoraStrategy(Strategy):
@@ -243,13 +229,10 @@ class LoraStrategy(Strategy):
             fingerprint=self.global_fingerprint(server_round),
         )
         valid = parse_train_replies(kept, expect)
-        parsed = Parsed(rejected=[*refused, *valid.rejected])
-        for update in valid.updates:
-            reason = self.screen_update(update, valid.updates)
-            if reason:
-                parsed.rejected.append(Rejected(update.node_id, update.name, reason))
-            else:
-                parsed.updates.append(update)
+        updates, screened = screen_updates(
+            valid.updates, self.screen_update, max_norm_ratio=self.limits.max_norm_ratio
+        )
+        parsed = Parsed(updates, [*refused, *valid.rejected, *screened])
         for update in parsed.updates:
             entry = report.node(update.node_id, self._label(update.node_id, update.name))
             entry.rank, entry.num_examples = update.rank, update.num_examples

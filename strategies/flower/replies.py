@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -205,6 +205,23 @@ def parse_train_replies(replies: Iterable[Message], expect: Expectation | None =
                     )
                 )
     return parsed
+
+
+def screen_updates(
+    updates: Sequence[ClientUpdate],
+    screen: Callable[[ClientUpdate, Sequence[ClientUpdate]], str | None],
+    *,
+    max_norm_ratio: float,
+) -> tuple[list[ClientUpdate], list[Rejected]]:
+    """A strategy's own ``screen`` (``LoraStrategy.screen_update``), then the screen relative
+    to the round (`max-norm-ratio`, off at 0); returns the kept updates and the refusals."""
+    reasons = [screen(u, updates) for u in updates]
+    refused = [Rejected(u.node_id, u.name, r) for u, r in zip(updates, reasons, strict=True) if r]
+    usable = [u for u, r in zip(updates, reasons, strict=True) if not r]
+    norms = [v.update_norm(u.factors) for u in usable]
+    outliers = v.norm_outliers(norms, ratio=max_norm_ratio)
+    refused += [Rejected(u.node_id, u.name, r) for u, r in zip(usable, outliers, strict=True) if r]
+    return [u for u, r in zip(usable, outliers, strict=True) if not r], refused
 
 
 def parse_eval_reply(msg: Message, limits: ReplyLimits | None = None) -> EvalResult | Rejected:

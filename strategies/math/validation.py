@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +31,10 @@ class ReplyLimits:
     below what takes over a federation: one reply of 1e30s moves ΔW by 52 orders of magnitude.
     ``max_lora_scaling`` bounds α/r: a node's own scaling multiplies its factors in every
     aggregation, so a tiny A with a huge α hides a huge s·B behind a small product.
-    The metric-record caps and ``max_eval_loss`` are not run-config keys: honest nodes send a
-    dozen numbers and a cross-entropy of a few nats.
+    ``max_norm_ratio`` (k, 0: off) refuses an update whose norm is over k times the median of
+    the round's valid updates (from 3 updates on): a screen relative to the round, for
+    federations whose honest updates are alike. The metric-record caps and ``max_eval_loss``
+    are not run-config keys: honest nodes send a dozen numbers and a cross-entropy of a few nats.
     """
 
     max_client_rank: int = 256
@@ -40,6 +42,7 @@ class ReplyLimits:
     max_examples: int = 10_000_000
     max_reply_mb: float = 1024.0
     max_lora_scaling: float = 64.0
+    max_norm_ratio: float = 0.0
     max_metric_keys: int = 64
     max_metric_kib: float = 64.0
     max_eval_loss: float = 1000.0
@@ -59,8 +62,15 @@ class ReplyLimits:
                 f"`max-lora-scaling` is {self.max_lora_scaling}: use a number > 0 (the largest "
                 "alpha / r a node may use, e.g. 64)"
             )
-        if self.max_metric_keys < 1 or not self.max_metric_kib > 0 or not self.max_eval_loss > 0:
-            problems.append("the metric caps of `ReplyLimits` must be > 0")
+        if not (self.max_norm_ratio == 0 or 1 < self.max_norm_ratio < math.inf):
+            problems.append(
+                f"`max-norm-ratio` is {self.max_norm_ratio}: use 0 (off) or a number > 1, e.g. 10"
+            )
+        for key, value in (("max_metric_keys", self.max_metric_keys),
+                           ("max_metric_kib", self.max_metric_kib),
+                           ("max_eval_loss", self.max_eval_loss)):  # fmt: skip
+            if not value > 0:
+                problems.append(f"`{key}` is {value}: use a number > 0")
         if problems:
             raise SettingsError(problems)
 
@@ -159,6 +169,32 @@ def factor_norms(factors: Factors) -> tuple[float, float, float]:
         return float(np.linalg.norm(a64)), float(np.linalg.norm(b64)), product
 
 
+def _named_norms(factors: Factors) -> dict[str, float]:
+    a, b, product = factor_norms(factors)
+    scaling = abs(factors[2])
+    return {"A": a, "B": b, "s·A": scaling * a, "s·B": scaling * b, "s·B·A": product}
+
+
+def update_norm(factors: Mapping[str, Factors]) -> float:
+    """The largest of ‖A‖, ‖B‖, ‖s·A‖, ‖s·B‖, ‖s·B·A‖ (Frobenius) over an update's modules."""
+    return max((max(_named_norms(f).values()) for f in factors.values()), default=0.0)
+
+
+def norm_outliers(norms: Sequence[float], *, ratio: float) -> list[str | None]:
+    """For each update's norm (:func:`update_norm`): why it is over ``ratio`` times the median
+    of ``norms``, else None. Off (all None) when ``ratio`` is 0 or there are fewer than 3."""
+    if not ratio or len(norms) < 3:
+        return [None] * len(norms)
+    median = float(np.median(norms))
+    return [
+        f"update norm {n:.3g} is over `max-norm-ratio` = {ratio:g} times this round's median "
+        f"{median:.3g}"
+        if n > ratio * median
+        else None
+        for n in norms
+    ]
+
+
 def check_norms(factors: Mapping[str, Factors], *, ceiling: float) -> list[str]:
     """‖A‖_F, ‖B‖_F, ‖s·A‖_F, ‖s·B‖_F and ‖s·B·A‖_F of every module at most ``ceiling``.
 
@@ -167,9 +203,7 @@ def check_norms(factors: Mapping[str, Factors], *, ceiling: float) -> list[str]:
     """
     over = []
     for module in sorted(factors):
-        a, b, product = factor_norms(factors[module])
-        scaling = abs(factors[module][2])
-        named = {"A": a, "B": b, "s·A": scaling * a, "s·B": scaling * b, "s·B·A": product}
+        named = _named_norms(factors[module])
         worst = max(named, key=lambda k: -math.inf if math.isnan(named[k]) else named[k])
         if not all(n <= ceiling for n in named.values()):
             over.append((module, worst, named[worst]))

@@ -14,7 +14,7 @@ from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
 from strategies.flower.base import LoraStrategy
 from strategies.math.public_a import public_lora_a
-from strategies.math.validation import ReplyLimits
+from strategies.math.validation import ReplyLimits, norm_outliers
 from strategies.options import AggregationOptions, Federation
 from strategies.registry import STRATEGIES
 
@@ -204,3 +204,29 @@ def test_evaluation_replies_are_validated_like_train_replies(
     node = evals[0].metadata.dst_node_id
     assert reason in (strategy.report(1).nodes[node].rejected or "")
     assert result is not None and result[p.EVAL_LOSS] == 2.0 and result[p.NUM_EXAMPLES] == 8
+
+
+def test_norm_outliers_are_measured_against_the_rounds_median() -> None:
+    """Median of (1, 2, 3, 100) is 2.5: with k = 10 only 100 > 25 is refused; off at 0 and
+    below 3 updates."""
+    reasons = norm_outliers([1.0, 2.0, 3.0, 100.0], ratio=10.0)
+    assert reasons[:3] == [None, None, None]
+    assert reasons[3] == (
+        "update norm 100 is over `max-norm-ratio` = 10 times this round's median 2.5"
+    )
+    assert norm_outliers([1.0, 2.0, 3.0, 100.0], ratio=0.0) == [None] * 4
+    assert norm_outliers([1.0, 100.0], ratio=10.0) == [None, None]
+
+
+@pytest.mark.parametrize(("ratio", "refused"), [(0.0, False), (10.0, True)])
+def test_the_robust_screen_is_off_by_default_and_refuses_a_large_update_when_on(
+    ratio: float, refused: bool
+) -> None:
+    strategy, sent = _round("flora", [*NODES, POISON])
+    strategy.limits = ReplyLimits(max_factor_norm=1e4, max_norm_ratio=ratio)
+    big = {k: 40 * v if ".lora_B." in k else v for k, v in _factors(POISON).items()}
+    replies = [_reply(sent[n], _factors(n)) for n in NODES]
+    strategy.aggregate_train(1, [*replies, _reply(sent[POISON], big)])
+    reason = strategy.report(1).nodes[POISON].rejected
+    assert ("`max-norm-ratio` = 10" in (reason or "")) == refused
+    assert all(strategy.report(1).nodes[n].rejected is None for n in NODES)
