@@ -97,7 +97,6 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
     limits, policy, resume_from = _reliability(r, timeout)
     privacy = r.build(run_privacy, run_config=r.config) or PrivacySettings()
     r.raise_problems()
-    assert None not in (train, federation, aggregation, limits, policy), "raised above"
     assert train is not None and federation is not None and aggregation is not None
     assert limits is not None and policy is not None
     return ServerSettings(
