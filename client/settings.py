@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import DEFAULT_RUN_CONFIG, Config, ConfigValue, SettingsError
+from common.config import DEFAULT_RUN_CONFIG, Config, ConfigReader, SettingsError
 
 DEVICES = ("auto", "cpu", "cuda")
 # node setting `dtype` (client/model/loading.py)
@@ -52,38 +52,36 @@ def parse_ranks(text: str, *, field: str = "lora-ranks") -> tuple[int, ...]:
 
 def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
     """Build :class:`NodeSettings` (node config wins over run config); raise `SettingsError`."""
-    problems: list[str] = []
-    run_config = {**DEFAULT_RUN_CONFIG, **run_config}  # missing keys take the run defaults
-    partition = _opt_int(node_config, "partition-id", problems)
+    node = ConfigReader(node_config)
+    run = ConfigReader({**DEFAULT_RUN_CONFIG, **run_config}, problems=node.problems)
+    partition = node.optional("partition-id", int)
     data = node_config.get("data-path")
     data_path = Path(str(data)).expanduser() if data else None
     if data_path is None and partition is None:
-        problems.append(
+        node.problems.append(
             "neither `data-path` nor `partition-id` is set: give the node its data with "
             "--node-config \"data-path='/path/to/dir'\" (train.jsonl, eval.jsonl)"
         )
     if data_path is not None and not data_path.is_dir():
-        problems.append(
+        node.problems.append(
             f"`data-path` is {str(data_path)!r}, which is not a directory: point it at "
             "a folder holding train.jsonl and eval.jsonl"
         )
-    rank = _node_rank(node_config, run_config, partition, problems)
-    alpha_raw = node_config.get("lora-alpha", 2.0 * rank if rank else 0.0)
-    alpha = _to_float("lora-alpha", alpha_raw, problems)
+    rank = _node_rank(node, run, partition)
+    alpha = node.optional("lora-alpha", float, default=2.0 * rank if rank else 0.0)
     if alpha is not None and alpha <= 0:
-        problems.append(f"`lora-alpha` is {alpha_raw!r}: use a number > 0 (peft's lora_alpha)")
-    device = str(node_config.get("device", "auto"))
+        node.problem("lora-alpha", node_config.get("lora-alpha", alpha),
+                     "use a number > 0 (peft's lora_alpha)")  # fmt: skip
+    device = node.get("device", str, default="auto")
     if device not in DEVICES and not device.startswith("cuda:"):
-        problems.append(f"`device` is {device!r}: use one of {', '.join(DEVICES)} or cuda:N")
-    dtype = str(node_config.get("dtype", "auto"))
-    if dtype not in DTYPES:
-        problems.append(f"`dtype` is {dtype!r}: use one of {', '.join(DTYPES)}")
-    checkpointing = _to_bool(node_config, "gradient-checkpointing", problems)
-    train_n = _opt_int(run_config, "synth-train-examples", problems)
-    eval_n = _opt_int(run_config, "synth-eval-examples", problems)
-    seed = _opt_int(run_config, "seed", problems)
-    if problems or train_n is None or eval_n is None or seed is None:
-        raise SettingsError(problems)
+        node.problem("device", device, f"use one of {', '.join(DEVICES)} or cuda:N")
+    dtype = node.choice("dtype", DTYPES, default="auto")
+    checkpointing = node.get("gradient-checkpointing", bool, default=False)
+    train_n = run.optional("synth-train-examples", int)
+    eval_n = run.optional("synth-eval-examples", int)
+    seed = run.optional("seed", int)
+    node.raise_problems()
+    assert train_n is not None and eval_n is not None and seed is not None
     return NodeSettings(
         name=str(node_config.get("node-name") or _default_name(partition, data_path)),
         partition_id=partition,
@@ -91,8 +89,8 @@ def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
         lora_rank=rank,
         lora_alpha=float(alpha or 0.0),
         device=device,
-        base_model=str(run_config["base-model"]),
-        target_modules=str(run_config["target-modules"]),
+        base_model=run.get("base-model", str),
+        target_modules=run.get("target-modules", str),
         synth_train_examples=train_n,
         synth_eval_examples=eval_n,
         seed=seed,
@@ -101,28 +99,18 @@ def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
     )
 
 
-def _to_bool(config: Config, key: str, problems: list[str]) -> bool:
-    value = config.get(key, False)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if not isinstance(value, bool):
-        problems.append(f"`{key}` is {value!r}: use true or false")
-        return False
-    return value
-
-
-def _node_rank(node: Config, run: Config, partition: int | None, problems: list[str]) -> int:
-    if "lora-rank" in node:
-        rank = _opt_int(node, "lora-rank", problems)
+def _node_rank(node: ConfigReader, run: ConfigReader, partition: int | None) -> int:
+    if "lora-rank" in node.config:
+        rank = node.optional("lora-rank", int)
     else:
         try:
-            ranks = parse_ranks(str(run["lora-ranks"]))
+            ranks = parse_ranks(run.get("lora-ranks", str))
         except SettingsError as err:
-            problems.extend(err.problems)
+            node.problems.extend(err.problems)
             return 0
         rank = ranks[(partition or 0) % len(ranks)]
     if rank is not None and rank < 1:
-        problems.append(f"`lora-rank` is {rank}: use an integer >= 1")
+        node.problem("lora-rank", rank, "use an integer >= 1")
         return 0
     return rank or 0
 
@@ -135,30 +123,6 @@ def _default_name(partition: int | None, data_path: Path | None) -> str:
     pid = partition or 0
     profile = profile_for_partition(pid)
     return profile if pid < len(PROFILES) else f"{profile}-{pid // len(PROFILES)}"
-
-
-def _opt_int(config: Config, key: str, problems: list[str]) -> int | None:
-    if key not in config:
-        return None
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        problems.append(f"`{key}` is {value!r}: use an integer")
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        problems.append(f"`{key}` is {value!r}: use an integer")
-        return None
-
-
-def _to_float(key: str, value: ConfigValue, problems: list[str]) -> float | None:
-    try:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise TypeError
-        return float(value)
-    except (TypeError, ValueError):
-        problems.append(f"`{key}` is {value!r}: use a number")
-        return None
 
 
 @dataclass(frozen=True)
@@ -198,13 +162,12 @@ class TrainConfig:
 
     @classmethod
     def from_config(cls, config: Config) -> TrainConfig:
-        problems: list[str] = []
+        read = ConfigReader(config)
         ints = {}
         for key in ("local-steps", "batch-size", "max-length", "seed", "server-round"):
-            value = _opt_int(config, key, problems)
+            value = read.optional(key, int)
             if value is not None:
                 ints[key.replace("-", "_")] = value
-        lr = _to_float("learning-rate", config.get("learning-rate", cls.learning_rate), problems)
-        if problems:
-            raise SettingsError(problems)
-        return cls(learning_rate=lr if lr is not None else cls.learning_rate, **ints)
+        lr = read.get("learning-rate", float, default=cls.learning_rate)
+        read.raise_problems()
+        return cls(learning_rate=lr, **ints)

@@ -1,4 +1,5 @@
-"""The run config's keys and defaults, the value type Flower carries, and the one settings error.
+"""The run config's keys and defaults, the value type Flower carries, the one settings error and
+the one config reader.
 
 Torch-free and Flower-free: the ServerApp, the ClientApp, the strategies and the CLI all read
 settings against these.
@@ -6,8 +7,8 @@ settings against these.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 ConfigValue = bool | int | float | str  # Flower's UserConfigValue
 Config = Mapping[str, Any]
@@ -50,6 +51,8 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "max-factor-norm": 10000.0,
     "max-examples": 10000000,
     "max-reply-mb": 1024.0,
+    "max-lora-scaling": 64.0,
+    "max-norm-ratio": 0.0,
     "min-replies": 1,
     "max-round-retries": 2,
     "resume-from": "",
@@ -62,3 +65,136 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid settings:\n  - " + "\n  - ".join(problems))
         self.problems = problems
+
+
+T = TypeVar("T", int, float, bool, str)
+N = TypeVar("N", int, float)
+R = TypeVar("R")
+
+_HINTS: dict[type, str] = {
+    int: "use an integer",
+    float: "use a number",
+    bool: "use true or false",
+    str: "use text",
+}
+
+
+def problem(key: str, value: object, fix: str) -> str:
+    """One settings problem in the house format: the field in backticks, the value, the fix."""
+    return f"`{key}` is {value!r}: {fix}"
+
+
+def _coerce(value: object, kind: type) -> Any:
+    """``value`` as ``kind``; raise TypeError/ValueError when it is not one.
+
+    Flower carries TOML values (bool, int, float, str) and the CLI may pass text: an integer is
+    an int, an integral float or integer text; a number is an int, a float or number text (never
+    a bool); a bool is a bool or "true"/"false"; text is anything, as text.
+    """
+    if kind is str:
+        return str(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise TypeError(kind)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(kind)
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise TypeError(kind)
+        return int(value)
+    return kind(value)
+
+
+class ConfigReader:
+    """Typed values from a Flower config (run config, node config, a ``ConfigRecord``).
+
+    Every bad value is recorded in :attr:`problems` as "`key` is value: fix" instead of raised,
+    so a user sees all problems at once; :meth:`raise_problems` raises them as one
+    :class:`SettingsError`. Readers may share one ``problems`` list (node and run config).
+
+    Parameters
+    ----------
+    config
+        The values to read.
+    defaults
+        Fallbacks for :meth:`get` (e.g. ``DEFAULT_RUN_CONFIG``).
+    problems
+        A list to collect problems in (default: a new one).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        defaults: Mapping[str, ConfigValue] | None = None,
+        problems: list[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.defaults = defaults or {}
+        self.problems: list[str] = [] if problems is None else problems
+
+    def optional(
+        self, key: str, kind: type[T], hint: str | None = None, *, default: T | None = None
+    ) -> T | None:
+        """``key`` as ``kind``; ``default`` when absent; None (and a problem) when bad."""
+        if key not in self.config:
+            return default
+        value = self.config[key]
+        try:
+            return cast(T, _coerce(value, kind))
+        except (TypeError, ValueError):
+            self.problem(key, value, hint or _HINTS[kind])
+            return None
+
+    def get(
+        self, key: str, kind: type[T], hint: str | None = None, *, default: T | None = None
+    ) -> T:
+        """``key`` as ``kind``; when absent or bad (a problem), ``default`` or ``defaults[key]``."""
+        value = self.optional(key, kind, hint)
+        if value is not None:
+            return value
+        return default if default is not None else cast(T, _coerce(self.defaults[key], kind))
+
+    def choice(self, key: str, choices: Sequence[str], *, default: str) -> str:
+        """``key`` as text that must be one of ``choices``."""
+        value = self.get(key, str, default=default)
+        if value not in choices:
+            self.problem(key, value, f"use one of {', '.join(choices)}")
+        return value
+
+    def within(
+        self,
+        key: str,
+        kind: type[N],
+        hint: str,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        default: N | None = None,
+    ) -> N:
+        """``key`` as ``kind`` in [``low``, ``high``] (either bound optional); ``hint`` is the fix
+        both for a value of the wrong type and for one out of range."""
+        value = self.get(key, kind, hint, default=default)
+        if (low is not None and value < low) or (high is not None and value > high):
+            self.problem(key, value, hint)
+        return value
+
+    def problem(self, key: str, value: object, fix: str) -> None:
+        """Record "`key` is value: fix"."""
+        self.problems.append(problem(key, value, fix))
+
+    def build(self, make: Callable[..., R], **kwargs: Any) -> R | None:
+        """``make(**kwargs)``, or None with its :class:`SettingsError`'s problems recorded."""
+        try:
+            return make(**kwargs)
+        except SettingsError as err:
+            self.problems.extend(err.problems)
+            return None
+
+    def raise_problems(self) -> None:
+        """Raise every problem recorded so far as one :class:`SettingsError`."""
+        if self.problems:
+            raise SettingsError(self.problems)

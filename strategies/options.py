@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from common.config import SettingsError
+
 
 @dataclass(frozen=True)
 class Federation:
@@ -24,7 +26,7 @@ class Federation:
         if not self.node_wait_s > 0:
             problems.append(f"`node-wait-s` is {self.node_wait_s}: use seconds > 0")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError(problems)
 
 
 @dataclass(frozen=True)
@@ -49,4 +51,4 @@ class AggregationOptions:
         if not (math.isfinite(self.server_lr) and self.server_lr > 0):
             problems.append(f"`server-lr` is {self.server_lr}: use a number > 0 (1: plain mean)")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError(problems)

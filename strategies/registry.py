@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common.config import SettingsError
 from strategies.flower.base import LoraStrategy
 from strategies.flower.fedit import FedIT
 from strategies.flower.ffa import FFA
@@ -19,7 +20,7 @@ def strategy_class(name: str) -> type[LoraStrategy]:
         return STRATEGIES[name]
     except KeyError:
         known = ", ".join(sorted(STRATEGIES))
-        raise ValueError(f"`strategy` is {name!r}: use one of {known}") from None
+        raise SettingsError([f"`strategy` is {name!r}: use one of {known}"]) from None
 
 
 def check_strategy_options(name: str, *, ranks: tuple[int, ...], server_lr: float) -> list[str]:

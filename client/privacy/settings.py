@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
-from common.config import DEFAULT_RUN_CONFIG, Config, SettingsError
+from common.config import DEFAULT_RUN_CONFIG, Config, ConfigReader, SettingsError
 
 PrivacyMode = Literal["none", "dp-sgd", "dp-lora"]
 MODES: tuple[PrivacyMode, ...] = ("none", "dp-sgd", "dp-lora")
@@ -98,20 +98,12 @@ def _check(s: PrivacySettings) -> list[str]:
 
 def _read(config: Config, problems: list[str]) -> dict[str, float | str]:
     """The privacy keys present in ``config``, typed (strings for ``privacy``, else floats)."""
+    read = ConfigReader(config, problems=problems)
     values: dict[str, float | str] = {}
     for key in KEYS:
-        if key not in config:
-            continue
-        raw = config[key]
-        if key == "privacy":
-            values[key] = str(raw)
-            continue
-        try:
-            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-                raise TypeError
-            values[key] = float(raw)
-        except (TypeError, ValueError):
-            problems.append(f"`{key}` is {raw!r}: use a number")
+        value = read.optional(key, str) if key == "privacy" else read.optional(key, float)
+        if value is not None:
+            values[key] = value
     return values
 
 

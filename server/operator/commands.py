@@ -8,6 +8,7 @@ process, until SIGINT/SIGTERM; on the way out every child is ended.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -196,11 +197,12 @@ def node_table(root: Path) -> list[str]:
     fed = FederationDir(root)
     config = fed.load()
     records = fed.registry().nodes()
+    control = fed.control(config)
     try:
-        flower = {n.node_id: n.status for n in list_nodes(fed.control(config))}
+        flower = {n.node_id: n.status for n in list_nodes(control)}
         note = ""
-    except Exception:
-        flower, note = {}, "(the server is not running: online status unknown)"
+    except Exception as err:
+        flower, note = {}, _control_failure(err, control)
     width = max([len(r.name) for r in records] + [4])
     lines = [f"{'name':<{width}}  {'enrolled at (UTC)':<19}  {'status':<9}  key fingerprint"]
     for r in records:
@@ -212,6 +214,31 @@ def node_table(root: Path) -> list[str]:
     if not records:
         lines.append("(no nodes enrolled yet: `fedlora server invite --dir FED --name NAME`)")
     return [*lines, note] if note else lines
+
+
+def _control_failure(err: Exception, control: ControlAddress) -> str:
+    """``server nodes``' note when Flower's Control API could not be asked for node status:
+    nothing listening means the server is not running; anything else says what failed."""
+    causes: list[BaseException] = []
+    cause: BaseException | None = err
+    while cause is not None and cause not in causes:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "(the server is not running: online status unknown)"
+    root = causes[-1]
+    what = f"{type(root).__name__}: {root}"
+    if any(isinstance(c, ssl.SSLError) for c in causes):
+        fix = (
+            f"TLS with the Control API failed; check that {control.ca_cert} is the CA of the "
+            "SuperLink's certificate and that `--insecure` matches how the server was started"
+        )
+    else:
+        fix = "see the SuperLink's log in the federation's logs/ folder"
+    return (
+        f"(could not ask the Control API at {control.address} ({what}): {fix}; "
+        "online status unknown)"
+    )
 
 
 def revoke(root: Path, name: str) -> str:

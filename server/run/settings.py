@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 from client.privacy.settings import PrivacySettings, run_privacy
 from client.settings import TrainConfig, parse_ranks
-from common.config import DEFAULT_RUN_CONFIG, ConfigValue, SettingsError
+from common.config import DEFAULT_RUN_CONFIG, ConfigReader, ConfigValue, SettingsError
 from server.run.checkpoint import CHECKPOINT_FILE
 from strategies.flower.rounds import RoundPolicy
 from strategies.math.validation import ReplyLimits
 from strategies.options import AggregationOptions, Federation
 from strategies.registry import STRATEGIES, check_strategy_options
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,46 +44,16 @@ class ServerSettings:
 KNOWN_KEYS = frozenset(DEFAULT_RUN_CONFIG)
 
 
-class _Reader:
-    """Reads typed values from the run config, collecting problems instead of raising."""
-
-    def __init__(self, config: Mapping[str, ConfigValue]) -> None:
-        self.config = config
-        self.problems: list[str] = []
-
-    def get(self, key: str, kind: Callable[[Any], T], hint: str) -> T:
-        """The value of ``key`` as ``kind``; on a bad value, record it and use the default."""
-        value = self.config[key]
-        try:
-            if isinstance(value, bool) and kind is not bool:
-                raise TypeError
-            if kind is int and isinstance(value, float) and not value.is_integer():
-                raise TypeError
-            return kind(value)
-        except (TypeError, ValueError):
-            self.problems.append(f"`{key}` is {value!r}: {hint}")
-            return kind(DEFAULT_RUN_CONFIG[key])
-
-    def build(self, cls: Callable[..., T], **kwargs: Any) -> T | None:
-        try:
-            return cls(**kwargs)
-        except ValueError as err:
-            self.problems.extend(getattr(err, "problems", None) or str(err).split("; "))
-            return None
-
-
 def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
     """Build :class:`ServerSettings` from a Flower run config; raise :class:`SettingsError`."""
     unknown = sorted(set(run_config) - KNOWN_KEYS)
-    r = _Reader({**DEFAULT_RUN_CONFIG, **run_config})
+    r = ConfigReader({**DEFAULT_RUN_CONFIG, **run_config}, defaults=DEFAULT_RUN_CONFIG)
     if unknown:
         r.problems.append(
             f"unknown run-config key(s) {unknown}: use the keys of [tool.flwr.app.config] "
             f"({', '.join(sorted(KNOWN_KEYS))})"
         )
-    name = r.get("strategy", str, "a strategy name")
-    if name not in STRATEGIES:
-        r.problems.append(f"`strategy` is {name!r}: use one of {', '.join(sorted(STRATEGIES))}")
+    name = r.choice("strategy", sorted(STRATEGIES), default=str(DEFAULT_RUN_CONFIG["strategy"]))
     ranks = parse_ranks(str(DEFAULT_RUN_CONFIG["lora-ranks"]))
     try:
         ranks = parse_ranks(r.get("lora-ranks", str, "comma-separated integers"))
@@ -117,12 +84,10 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
     )
     if aggregation is not None:
         r.problems += check_strategy_options(name, ranks=ranks, server_lr=aggregation.server_lr)
-    rounds = r.get("num-server-rounds", int, "use an integer >= 1")
-    if rounds < 1:
-        r.problems.append(f"`num-server-rounds` is {rounds}: use an integer >= 1")
+    rounds = r.within("num-server-rounds", int, "use an integer >= 1", low=1)
     timeout = r.get("round-timeout-s", float, "use seconds > 0")
     if not timeout > 0:
-        r.problems.append(f"`round-timeout-s` is {timeout}: use seconds > 0")
+        r.problem("round-timeout-s", timeout, "use seconds > 0")
     eval_data = r.get("server-eval-data", str, "a JSONL file path or empty")
     if eval_data and not Path(eval_data).expanduser().is_file():
         r.problems.append(
@@ -131,8 +96,8 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         )
     limits, policy, resume_from = _reliability(r, timeout)
     privacy = r.build(run_privacy, run_config=r.config) or PrivacySettings()
-    if r.problems or train is None or federation is None or aggregation is None:
-        raise SettingsError(r.problems)
+    r.raise_problems()
+    assert train is not None and federation is not None and aggregation is not None
     assert limits is not None and policy is not None
     return ServerSettings(
         num_rounds=rounds,
@@ -156,7 +121,7 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
 
 
 def _reliability(
-    r: _Reader, timeout: float
+    r: ConfigReader, timeout: float
 ) -> tuple[ReplyLimits | None, RoundPolicy | None, Path | None]:
     """Reply limits, round policy and the run folder to resume (docs/reliability.md)."""
     limits = r.build(
@@ -165,6 +130,8 @@ def _reliability(
         max_factor_norm=r.get("max-factor-norm", float, "use a number > 0"),
         max_examples=r.get("max-examples", int, "use an integer >= 1"),
         max_reply_mb=r.get("max-reply-mb", float, "use megabytes > 0"),
+        max_lora_scaling=r.get("max-lora-scaling", float, "use a number > 0"),
+        max_norm_ratio=r.get("max-norm-ratio", float, "use 0 (off) or a number > 1"),
     )
     policy = r.build(
         RoundPolicy,

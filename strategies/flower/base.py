@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 import secrets
-import time
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
@@ -32,38 +31,26 @@ from strategies.flower.replies import (
     Expectation,
     Parsed,
     Rejected,
+    aggregation_order,
     parse_eval_reply,
     parse_train_replies,
+    screen_updates,
 )
 from strategies.flower.report import RoundReport
-from strategies.flower.rounds import RoundFailedError, RoundPolicy, addressee, screen_replies
+from strategies.flower.rounds import NotEnoughNodesError as NotEnoughNodesError  # re-exported
+from strategies.flower.rounds import (
+    RoundFailedError,
+    RoundPolicy,
+    addressee,
+    screen_replies,
+    wait_for_nodes,
+)
 from strategies.math.factors import LowRank, join_factor_keys, split_factor_keys
 from strategies.math.validation import ReplyLimits, Shapes, fingerprint
 from strategies.options import AggregationOptions as AggregationOptions  # re-exported
 from strategies.options import Federation as Federation  # re-exported
 
 GlobalAdapter = dict[str, LowRank]
-
-
-class NotEnoughNodesError(RuntimeError):
-    """Fewer nodes connected than ``min-nodes`` within ``node-wait-s``."""
-
-
-def wait_for_nodes(
-    grid: Grid, *, min_nodes: int, timeout_s: float, poll_s: float = 0.5
-) -> list[int]:
-    """Node ids once at least ``min_nodes`` are connected; raise after ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ids = sorted(grid.get_node_ids())
-        if len(ids) >= min_nodes:
-            return ids
-        if time.monotonic() >= deadline:
-            raise NotEnoughNodesError(
-                f"{len(ids)} node(s) connected after {timeout_s:.0f} s but `min-nodes` is "
-                f"{min_nodes}: start more nodes, raise `node-wait-s`, or lower `min-nodes`"
-            )
-        time.sleep(poll_s)
 
 
 class LoraStrategy(Strategy):
@@ -95,6 +82,8 @@ class LoraStrategy(Strategy):
         # Rounds completed before this process started (resume): Flower's loop counts from 1.
         self.round_offset = 0
         self.rounds: dict[int, RoundReport] = {}
+        # node id -> the rank of its last accepted train reply
+        self.node_ranks: dict[int, int] = {}
         self._names: dict[int, str] = {}
         self._global: GlobalAdapter = {}
         # The ArrayRecord `_global` was read from, and its fp32 wire form: Flower hands the same
@@ -115,6 +104,16 @@ class LoraStrategy(Strategy):
     ) -> GlobalAdapter:
         """Combine accepted updates into the new global adapter; record extras in the report."""
 
+    def screen_update(
+        self, update: ClientUpdate, round_updates: Sequence[ClientUpdate]
+    ) -> str | None:
+        """Why this algorithm cannot use a valid ``update`` (None: it can; default: always).
+
+        Called for every update that passed the common rules, with all of this attempt's valid
+        updates in aggregation order; a reason refuses the update like any bad reply.
+        """
+        return None
+
     def instruction(self, server_round: int) -> dict[str, ConfigValue]:
         """What the node does with the global adapter (client/model/node_mode.py): merge it and
         train a fresh LoRA, unless a strategy says otherwise."""
@@ -123,6 +122,11 @@ class LoraStrategy(Strategy):
     def node_record(self, node_id: int, record: ArrayRecord) -> ArrayRecord:
         """The global adapter as sent to ``node_id`` for training (default: the same to all)."""
         return record
+
+    @property
+    def global_rank(self) -> int:
+        """The largest rank of the global adapter's modules (0 before round 1)."""
+        return max((a.shape[0] for a, _ in self._global.values()), default=0)
 
     # -- Flower hooks ---------------------------------------------------------------------------
     def report(self, server_round: int) -> RoundReport:
@@ -210,28 +214,37 @@ class LoraStrategy(Strategy):
         return self._aggregate_updates(server_round, parsed.updates)
 
     def _parse_round(self, server_round: int, replies: Iterable[Message]) -> Parsed:
-        """Screen and validate one attempt's replies; record every refusal and every update."""
+        """Screen and validate one attempt's replies; record every refusal and every update.
+
+        Accepted updates are labelled first, in aggregation order, so a name two nodes claim
+        stays with a node whose reply is used.
+        """
         report = self.report(server_round)
         kept, refused = screen_replies(
             list(replies), self._sent, timeout_s=self.policy.round_timeout_s
         )
-        record_privacy(report, kept, self._label)  # ε is spent whether or not a reply is used
         expect = Expectation(
             limits=self.limits,
             modules=self.expected_modules(),
             fingerprint=self.global_fingerprint(server_round),
         )
-        parsed = parse_train_replies(kept, expect)
-        for bad in [*refused, *parsed.rejected]:
-            entry = report.node(bad.node_id, self._label(bad.node_id, bad.name))
-            entry.rejected = bad.reason
-            log(WARNING, "round %d: reply from %s not used: %s", server_round, entry.name,
-                bad.reason)  # fmt: skip
+        valid = parse_train_replies(kept, expect)
+        updates, screened = screen_updates(
+            valid.updates, self.screen_update, max_norm_ratio=self.limits.max_norm_ratio
+        )
+        parsed = Parsed(updates, [*refused, *valid.rejected, *screened])
         for update in parsed.updates:
             entry = report.node(update.node_id, self._label(update.node_id, update.name))
             entry.rank, entry.num_examples = update.rank, update.num_examples
             entry.train_loss, entry.bytes_up = update.metrics.get(p.TRAIN_LOSS), update.bytes_up
             entry.rejected = None
+            self.node_ranks[update.node_id] = update.rank
+        for bad in parsed.rejected:
+            entry = report.node(bad.node_id, self._label(bad.node_id, bad.name))
+            entry.rejected = bad.reason
+            log(WARNING, "round %d: reply from %s not used: %s", server_round, entry.name,
+                bad.reason)  # fmt: skip
+        record_privacy(report, kept, self._label)  # ε is spent whether or not a reply is used
         return parsed
 
     def expected_modules(self) -> Shapes:
@@ -244,12 +257,10 @@ class LoraStrategy(Strategy):
         self, server_round: int, updates: Sequence[ClientUpdate]
     ) -> tuple[ArrayRecord, MetricRecord]:
         report = self.report(server_round)
-        # Replies arrive in any order; a fixed order (by node name) makes the floating-point
-        # result the same in every deployment and in simulation.
-        updates = sorted(updates, key=lambda u: (u.name, u.node_id))
+        updates = sorted(updates, key=aggregation_order)  # replies arrive in any order
         self._global = self.aggregate(server_round, updates, self._global)
         report.aggregated = True
-        report.global_rank = max((a.shape[0] for a, _ in self._global.values()), default=0)
+        report.global_rank = self.global_rank
         total = sum(u.num_examples for u in updates)
         loss = sum(u.num_examples * u.metrics.get(p.TRAIN_LOSS, math.nan) for u in updates) / total
         arrays = p.to_record(join_factor_keys(self._global), dtype=np.float64)
@@ -263,7 +274,7 @@ class LoraStrategy(Strategy):
         report = self.report(server_round)
         results = []
         for msg in replies:
-            result = parse_eval_reply(msg)
+            result = parse_eval_reply(msg, self.limits)
             node = addressee(msg, self._sent_eval)  # the SuperLink's errors name no node
             entry = report.node(node, self._label(node, result.name))
             if isinstance(result, Rejected):

@@ -5,12 +5,11 @@ Math in :mod:`strategies.math.fedit`.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 from strategies.flower.base import GlobalAdapter
-from strategies.flower.continuing import ContinueStrategy, refuse
-from strategies.flower.replies import ClientUpdate, Parsed, example_weights
+from strategies.flower.continuing import ContinueStrategy
+from strategies.flower.replies import ClientUpdate, example_weights, majority
 from strategies.math.fedit import fedit_average
 
 
@@ -21,21 +20,19 @@ class FedIT(ContinueStrategy):
     accepts_heterogeneous_ranks = False
     accepts_server_lr = False
 
-    def screen(self, server_round: int, parsed: Parsed) -> Parsed:
-        """Keep the replies of the global adapter's rank (round 1: the most common rank)."""
-        ranks = [u.rank for u in parsed.updates]
-        if not ranks:
-            return parsed
-        rank = max((a.shape[0] for a, _ in self._global.values()), default=0)
-        rank = rank or Counter(ranks).most_common(1)[0][0]
-        reasons = {
-            u.node_id: f"rank {u.rank}, but `strategy` fedit averages factors of one rank "
-            f"({rank}): set the node's `lora-rank` to {rank}, or use a strategy that accepts "
+    def screen_update(
+        self, update: ClientUpdate, round_updates: Sequence[ClientUpdate]
+    ) -> str | None:
+        """Keep the replies of the global adapter's rank; in round 1, of the most common rank
+        (a tie goes to the rank of the first node in aggregation order, not the first reply)."""
+        rank = self.global_rank or majority([u.rank for u in round_updates])
+        if update.rank == rank:
+            return None
+        return (
+            f"rank {update.rank}, but `strategy` fedit averages factors of one rank ({rank}): "
+            f"set the node's `lora-rank` to {rank}, or use a strategy that accepts "
             "heterogeneous ranks (flora, flexlora, ffa, zeropad)"
-            for u in parsed.updates
-            if u.rank != rank
-        }
-        return refuse(self, server_round, parsed, reasons)
+        )
 
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter

@@ -5,15 +5,12 @@ Math in :mod:`strategies.math.ffa`; the shared A in :mod:`strategies.math.public
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-from flwr.app import Message
+from collections.abc import Sequence
 
 from common.config import ConfigValue
 from strategies import protocol as p
 from strategies.flower.base import GlobalAdapter, LoraStrategy
-from strategies.flower.continuing import refuse
-from strategies.flower.replies import ClientUpdate, Parsed, example_weights
+from strategies.flower.replies import ClientUpdate, example_weights
 from strategies.math.ffa import ffa_average, public_a_mismatch
 
 
@@ -26,11 +23,11 @@ class FFA(LoraStrategy):
         """Merge the global, start A at the public seeded init (one per run) and freeze it."""
         return {p.NODE_MODE: p.MERGE, p.SHARED_A_SEED: self.federation.seed, p.FREEZE_A: True}
 
-    def _parse_round(self, server_round: int, replies: Iterable[Message]) -> Parsed:
-        parsed = super()._parse_round(server_round, replies)
-        seed = self.federation.seed
-        reasons = {u.node_id: public_a_mismatch(u.factors, seed=seed) for u in parsed.updates}
-        return refuse(self, server_round, parsed, reasons)
+    def screen_update(
+        self, update: ClientUpdate, round_updates: Sequence[ClientUpdate]
+    ) -> str | None:
+        """Refuse an update whose A is not the public seeded A (the node trained it)."""
+        return public_a_mismatch(update.factors, seed=self.federation.seed) or None
 
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter

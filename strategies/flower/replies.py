@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from flwr.app import Message
 
@@ -13,6 +14,8 @@ from strategies import protocol as p
 from strategies.math import validation as v
 from strategies.math.factors import Factors, LowRank, split_factor_keys
 from strategies.math.validation import ReplyLimits, Shapes
+
+H = TypeVar("H", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,30 @@ def _name(msg: Message) -> str:
     return ""
 
 
-def _number(msg: Message, key: str) -> float | None:
-    metrics = msg.content.metric_records.get(p.METRICS)
-    value = None if metrics is None else metrics.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
+def _metric_problems(msg: Message, limits: ReplyLimits) -> list[str]:
+    """Every metric record of a reply: few keys, few bytes, finite numbers."""
+    problems = []
+    for record_name, record in sorted(msg.content.metric_records.items()):
+        problems += v.check_metrics(
+            record, nbytes=record.count_bytes(), limits=limits, record=record_name
+        )
+    return problems
+
+
+def aggregation_order(update: ClientUpdate) -> tuple[str, int]:
+    """The order updates are aggregated and ties are broken in: by node name, then node id.
+
+    Replies arrive in any order; a fixed one makes the result the same in every deployment and
+    in simulation.
+    """
+    return update.name, update.node_id
+
+
+def majority(values: Sequence[H]) -> H:
+    """The most common of ``values``; a tie goes to the value that comes first in ``values``."""
+    counts = Counter(values)
+    most = max(counts.values())
+    return next(value for value in values if counts[value] == most)
 
 
 @dataclass(frozen=True)
@@ -109,11 +130,16 @@ def parse_train_reply(msg: Message, expect: Expectation | None = None) -> Client
     metrics = content.metric_records.get(p.METRICS)
     num_examples = None if metrics is None else metrics.get(p.NUM_EXAMPLES)
     problems += v.check_examples(num_examples, max_examples=expect.limits.max_examples)
+    problems += _metric_problems(msg, expect.limits)
     rank, alpha = adapter.get(p.RANK), adapter.get(p.ALPHA)
-    if not isinstance(rank, int) or isinstance(rank, bool):
+    rank_ok = isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1
+    if not rank_ok:
         problems.append(f"`{p.RANK}` is {rank!r}: must be an integer >= 1")
     if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
         problems.append(f"`{p.ALPHA}` is {alpha!r}: must be a finite number > 0")
+    elif rank_ok:
+        assert isinstance(rank, int)
+        problems += v.check_scaling(alpha, rank, max_scaling=expect.limits.max_lora_scaling)
     if expect.fingerprint is not None:
         problems += v.check_fingerprint(adapter.get(p.GLOBAL_FINGERPRINT), expect.fingerprint)
     if not pairs and not problems:
@@ -154,7 +180,9 @@ def parse_train_replies(replies: Iterable[Message], expect: Expectation | None =
     """Validate all replies and keep those that agree with each other and with ``expect``.
 
     Among the valid replies the largest group sharing one module signature is kept (it matters
-    only while no module set is known); the others are rejected with the reason.
+    only while no module set is known; a tie goes to the group of the first node in
+    :func:`aggregation_order`); the others are rejected with the reason. Updates come out in
+    aggregation order.
     """
     parsed = Parsed()
     candidates = []
@@ -165,9 +193,10 @@ def parse_train_replies(replies: Iterable[Message], expect: Expectation | None =
         else:
             candidates.append(result)
     if candidates:
-        majority, _ = Counter(u.signature() for u in candidates).most_common(1)[0]
+        candidates.sort(key=aggregation_order)
+        kept = majority([u.signature() for u in candidates])
         for update in candidates:
-            if update.signature() == majority:
+            if update.signature() == kept:
                 parsed.updates.append(update)
             else:
                 parsed.rejected.append(
@@ -178,14 +207,42 @@ def parse_train_replies(replies: Iterable[Message], expect: Expectation | None =
     return parsed
 
 
-def parse_eval_reply(msg: Message) -> EvalResult | Rejected:
+def screen_updates(
+    updates: Sequence[ClientUpdate],
+    screen: Callable[[ClientUpdate, Sequence[ClientUpdate]], str | None],
+    *,
+    max_norm_ratio: float,
+) -> tuple[list[ClientUpdate], list[Rejected]]:
+    """A strategy's own ``screen`` (``LoraStrategy.screen_update``), then the screen relative
+    to the round (`max-norm-ratio`, off at 0); returns the kept updates and the refusals."""
+    reasons = [screen(u, updates) for u in updates]
+    refused = [Rejected(u.node_id, u.name, r) for u, r in zip(updates, reasons, strict=True) if r]
+    usable = [u for u, r in zip(updates, reasons, strict=True) if not r]
+    norms = [v.update_norm(u.factors) for u in usable]
+    outliers = v.norm_outliers(norms, ratio=max_norm_ratio)
+    refused += [Rejected(u.node_id, u.name, r) for u, r in zip(usable, outliers, strict=True) if r]
+    return [u for u, r in zip(usable, outliers, strict=True) if not r], refused
+
+
+def parse_eval_reply(msg: Message, limits: ReplyLimits | None = None) -> EvalResult | Rejected:
+    """Validate one evaluation reply like a train reply: bounded, finite metric records, a
+    cross-entropy ``eval-loss`` and a ``num-examples`` within `max-examples`."""
+    limits = limits or ReplyLimits()
     node, name = msg.metadata.src_node_id, _name(msg)
     if msg.has_error():
         return Rejected(node, name, f"node error {msg.error.code}: {msg.error.reason}")
-    loss, count = _number(msg, p.EVAL_LOSS), _number(msg, p.NUM_EXAMPLES)
-    if loss is None or count is None or count < 1:
-        return Rejected(node, name, f"reply lacks a finite `{p.EVAL_LOSS}` and `{p.NUM_EXAMPLES}`")
-    return EvalResult(node, name, loss, int(count))
+    metrics = msg.content.metric_records.get(p.METRICS)
+    if metrics is None:
+        return Rejected(node, name, f"reply lacks its `{p.METRICS}` record")
+    problems = _metric_problems(msg, limits)
+    if not problems:
+        loss, count = metrics.get(p.EVAL_LOSS), metrics.get(p.NUM_EXAMPLES)
+        problems += v.check_eval_loss(loss, max_loss=limits.max_eval_loss)
+        problems += v.check_examples(count, max_examples=limits.max_examples)
+    if problems:
+        return Rejected(node, name, "; ".join(problems[:3]))
+    assert isinstance(loss, int | float) and isinstance(count, int | float)
+    return EvalResult(node, name, float(loss), int(count))
 
 
 def example_weights(updates: Sequence[ClientUpdate]) -> list[float]:

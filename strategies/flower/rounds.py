@@ -1,4 +1,5 @@
-"""Round-level rules: which replies belong to this round, and when a round has failed.
+"""Round-level rules: waiting for nodes, which replies belong to this round, and when a round
+has failed.
 
 A reply counts only if it answers an instruction the server sent in this round (this attempt),
 and a node gets one reply per round. What Flower's ``Grid.send_and_receive(timeout=...)`` does
@@ -9,12 +10,15 @@ construction. This module records each instruction left without a reply.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flwr.app import Message
+from flwr.serverapp import Grid
 
+from common.config import SettingsError
 from strategies.flower.replies import Rejected
 
 
@@ -35,7 +39,28 @@ class RoundPolicy:
         if not self.round_timeout_s > 0:
             problems.append(f"`round-timeout-s` is {self.round_timeout_s}: use seconds > 0")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError(problems)
+
+
+class NotEnoughNodesError(RuntimeError):
+    """Fewer nodes connected than ``min-nodes`` within ``node-wait-s``."""
+
+
+def wait_for_nodes(
+    grid: Grid, *, min_nodes: int, timeout_s: float, poll_s: float = 0.5
+) -> list[int]:
+    """Node ids once at least ``min_nodes`` are connected; raise after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= min_nodes:
+            return ids
+        if time.monotonic() >= deadline:
+            raise NotEnoughNodesError(
+                f"{len(ids)} node(s) connected after {timeout_s:.0f} s but `min-nodes` is "
+                f"{min_nodes}: start more nodes, raise `node-wait-s`, or lower `min-nodes`"
+            )
+        time.sleep(poll_s)
 
 
 class RoundFailedError(RuntimeError):

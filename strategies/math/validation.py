@@ -9,12 +9,14 @@ reason. :mod:`strategies.flower.replies` applies them in order to one reply; the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from common.config import SettingsError
 from strategies.math.factors import Factors
 
 MB = 1 << 20
@@ -27,12 +29,23 @@ class ReplyLimits:
 
     The defaults sit far above what honest training produces (see docs/reliability.md) and far
     below what takes over a federation: one reply of 1e30s moves ΔW by 52 orders of magnitude.
+    ``max_lora_scaling`` bounds α/r: a node's own scaling multiplies its factors in every
+    aggregation, so a tiny A with a huge α hides a huge s·B behind a small product.
+    ``max_norm_ratio`` (k, 0: off) refuses an update whose norm is over k times the median of
+    the round's valid updates (from 3 updates on): a screen relative to the round, for
+    federations whose honest updates are alike. The metric-record caps and ``max_eval_loss``
+    are not run-config keys: honest nodes send a dozen numbers and a cross-entropy of a few nats.
     """
 
     max_client_rank: int = 256
     max_factor_norm: float = 10_000.0
     max_examples: int = 10_000_000
     max_reply_mb: float = 1024.0
+    max_lora_scaling: float = 64.0
+    max_norm_ratio: float = 0.0
+    max_metric_keys: int = 64
+    max_metric_kib: float = 64.0
+    max_eval_loss: float = 1000.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -44,8 +57,22 @@ class ReplyLimits:
             problems.append(f"`max-examples` is {self.max_examples}: use an integer >= 1")
         if not self.max_reply_mb > 0:
             problems.append(f"`max-reply-mb` is {self.max_reply_mb}: use megabytes > 0")
+        if not (math.isfinite(self.max_lora_scaling) and self.max_lora_scaling > 0):
+            problems.append(
+                f"`max-lora-scaling` is {self.max_lora_scaling}: use a number > 0 (the largest "
+                "alpha / r a node may use, e.g. 64)"
+            )
+        if not (self.max_norm_ratio == 0 or 1 < self.max_norm_ratio < math.inf):
+            problems.append(
+                f"`max-norm-ratio` is {self.max_norm_ratio}: use 0 (off) or a number > 1, e.g. 10"
+            )
+        for key, value in (("max_metric_keys", self.max_metric_keys),
+                           ("max_metric_kib", self.max_metric_kib),
+                           ("max_eval_loss", self.max_eval_loss)):  # fmt: skip
+            if not value > 0:
+                problems.append(f"`{key}` is {value}: use a number > 0")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError(problems)
 
     @property
     def max_reply_bytes(self) -> int:
@@ -142,14 +169,89 @@ def factor_norms(factors: Factors) -> tuple[float, float, float]:
         return float(np.linalg.norm(a64)), float(np.linalg.norm(b64)), product
 
 
+def _named_norms(factors: Factors) -> dict[str, float]:
+    a, b, product = factor_norms(factors)
+    scaling = abs(factors[2])
+    return {"A": a, "B": b, "s·A": scaling * a, "s·B": scaling * b, "s·B·A": product}
+
+
+def update_norm(factors: Mapping[str, Factors]) -> float:
+    """The largest of ‖A‖, ‖B‖, ‖s·A‖, ‖s·B‖, ‖s·B·A‖ (Frobenius) over an update's modules."""
+    return max((max(_named_norms(f).values()) for f in factors.values()), default=0.0)
+
+
+def norm_outliers(norms: Sequence[float], *, ratio: float) -> list[str | None]:
+    """For each update's norm (:func:`update_norm`): why it is over ``ratio`` times the median
+    of ``norms``, else None. Off (all None) when ``ratio`` is 0 or there are fewer than 3."""
+    if not ratio or len(norms) < 3:
+        return [None] * len(norms)
+    median = float(np.median(norms))
+    return [
+        f"update norm {n:.3g} is over `max-norm-ratio` = {ratio:g} times this round's median "
+        f"{median:.3g}"
+        if n > ratio * median
+        else None
+        for n in norms
+    ]
+
+
 def check_norms(factors: Mapping[str, Factors], *, ceiling: float) -> list[str]:
-    """‖A‖_F, ‖B‖_F and ‖s·B·A‖_F of every module at most ``ceiling`` (`max-factor-norm`)."""
-    over = [(m, n) for m in sorted(factors) if not (n := max(factor_norms(factors[m]))) <= ceiling]
+    """‖A‖_F, ‖B‖_F, ‖s·A‖_F, ‖s·B‖_F and ‖s·B·A‖_F of every module at most ``ceiling``.
+
+    Each strategy combines one of these: FLoRA stacks s·A beside B, FedIT and zero-padding
+    average A and s·B, FlexLoRA and FFA the products; all five are bounded (`max-factor-norm`).
+    """
+    over = []
+    for module in sorted(factors):
+        named = _named_norms(factors[module])
+        worst = max(named, key=lambda k: -math.inf if math.isnan(named[k]) else named[k])
+        if not all(n <= ceiling for n in named.values()):
+            over.append((module, worst, named[worst]))
     if over:
-        module, norm = over[0]
+        module, which, norm = over[0]
         more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
-        return [f"module `{module}`{more} has a factor norm of {norm:.3g}, "
+        return [f"module `{module}`{more} has a factor norm ‖{which}‖ of {norm:.3g}, "
                 f"over `max-factor-norm` = {ceiling:g}"]  # fmt: skip
+    return []
+
+
+def check_scaling(alpha: float, rank: int, *, max_scaling: float) -> list[str]:
+    """The reply's LoRA scaling s = α/r at most ``max_scaling`` (`max-lora-scaling`)."""
+    scaling = alpha / rank
+    if not scaling <= max_scaling:
+        return [f"`alpha` / `rank` is {alpha:g} / {rank} = {scaling:.3g}, over "
+                f"`max-lora-scaling` = {max_scaling:g}: the node's scaling multiplies its "
+                f"factors; set its `lora-alpha` <= {max_scaling * rank:g} or raise "
+                "`max-lora-scaling`"]  # fmt: skip
+    return []
+
+
+def check_metrics(
+    metrics: Mapping[str, object], *, nbytes: int, limits: ReplyLimits, record: str = "metrics"
+) -> list[str]:
+    """A metric record of at most ``max_metric_keys`` keys and ``max_metric_kib`` KiB whose
+    numbers (scalars or lists) are all finite."""
+    if len(metrics) > limits.max_metric_keys:
+        return [f"`{record}` has {len(metrics)} keys, over the limit of {limits.max_metric_keys}: "
+                "send num-examples, the losses and the privacy figures only"]  # fmt: skip
+    if nbytes > limits.max_metric_kib * 1024:
+        return [f"`{record}` is {nbytes / 1024:.1f} KiB, over the limit of "
+                f"{limits.max_metric_kib:g} KiB"]  # fmt: skip
+    for key in sorted(metrics):
+        value = metrics[key]
+        values = value if isinstance(value, list) else [value]
+        for i, x in enumerate(values):
+            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+                where = f"[{i}]" if isinstance(value, list) else ""
+                return [f"`{key}`{where} is {x!r} in `{record}`: metrics must be finite numbers"]
+    return []
+
+
+def check_eval_loss(value: object, *, max_loss: float) -> list[str]:
+    """``eval-loss`` a finite number in [0, ``max_loss``] (a cross-entropy in nats)."""
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if number is None or not 0 <= number <= max_loss:
+        return [f"`eval-loss` is {value!r}: must be a cross-entropy in [0, {max_loss:g}]"]
     return []
 
 

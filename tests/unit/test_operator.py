@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 
-from server.operator.commands import superlink_argv
+from server.operator.commands import node_table, superlink_argv
 from server.operator.federation_dir import FederationDir, init_federation
 from server.operator.remote_run import toml_pairs
 
@@ -46,3 +48,55 @@ def test_run_config_pairs_read_back_through_flowers_parser() -> None:
     pairs = {"num-server-rounds": 2, "run-dir": "/tmp/a b/runs", "recompress-tol": 0.01,
              "strategy": "flora", "resume-from": "", "flag": True}  # fmt: skip
     assert parse_config_args([toml_pairs(pairs)]) == pairs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _federation(tmp_path: Path, control_port: int) -> Path:
+    init_federation(tmp_path / "fed", ["127.0.0.1"])
+    FederationDir(tmp_path / "fed").with_ports(
+        fleet=1, control=control_port, enroll=3, control_host="127.0.0.1", insecure=False
+    )
+    return tmp_path / "fed"
+
+
+def test_server_nodes_says_the_server_is_not_running_when_nothing_listens(tmp_path: Path) -> None:
+    lines = node_table(_federation(tmp_path, _free_port()))
+    assert lines[-1] == "(the server is not running: online status unknown)"
+
+
+def test_server_nodes_says_what_failed_when_the_control_api_is_there_but_fails(
+    tmp_path: Path,
+) -> None:
+    """A listener that speaks plaintext where TLS is expected (a TLS failure) is a running
+    server that could not be asked, not a server that is not running."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        lines = node_table(_federation(tmp_path, port))
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+    note = lines[-1]
+    assert "not running" not in note
+    assert f"127.0.0.1:{port}" in note and "TLS" in note
+    assert "online status unknown" in note

@@ -54,3 +54,13 @@ def test_the_announced_modules_are_what_nodes_train(tiny_gpt2_dir: Path) -> None
     expected = {k.removesuffix(".lora_A.weight"): (shapes[k.replace("lora_A", "lora_B")][0], s[1])
                 for k, s in shapes.items() if k.endswith(".lora_A.weight")}  # fmt: skip
     assert announced_modules(str(tiny_gpt2_dir), "all-linear") == expected
+
+
+def test_the_scaling_bound_and_the_robust_screen_are_run_config_keys() -> None:
+    settings = server_settings({"max-lora-scaling": 16.0, "max-norm-ratio": 8.0})
+    assert settings.limits.max_lora_scaling == 16.0 and settings.limits.max_norm_ratio == 8.0
+    assert server_settings({}).limits.max_norm_ratio == 0.0  # off by default
+    with pytest.raises(SettingsError, match=r"`max-norm-ratio` is 0\.5: use 0 \(off\)"):
+        server_settings({"max-norm-ratio": 0.5})
+    with pytest.raises(SettingsError, match=r"`max-lora-scaling` is 0\.0"):
+        server_settings({"max-lora-scaling": 0.0})

@@ -115,7 +115,7 @@ CORPUS: dict[int, tuple[Make, str]] = {
         "NaN or inf",
     ),
     2011: (lambda i: [_reply(i, _factors(11, scale=1e30))], "max-factor-norm"),
-    2012: (lambda i: [_reply(i, **{p.ALPHA: 1e30})], "max-factor-norm"),
+    2012: (lambda i: [_reply(i, **{p.ALPHA: 1e30})], "`max-lora-scaling`"),
     2013: (lambda i: [_reply(i, **{p.NUM_EXAMPLES: 10**12})], "`num-examples`"),
     2014: (lambda i: [_reply(i, **{p.NUM_EXAMPLES: 0})], "`num-examples`"),
     2015: (lambda i: [_reply(i, **{p.NUM_EXAMPLES: 2.5})], "`num-examples`"),
@@ -136,7 +136,22 @@ CORPUS: dict[int, tuple[Make, str]] = {
     2024: (lambda i: [_reply(i, **{p.RANK: "2"})], "`rank`"),
     2025: (lambda i: [_reply(i, **{p.ALPHA: float("nan")})], "`alpha`"),
     2026: (lambda i: [Message(RecordDict(), reply_to=i)], "lacks"),
+    # Issue 13: small ‖A‖, ‖B‖ and ‖s·B·A‖, but FedIT's average of s·B would be ~1e30.
+    2027: (lambda i: [_reply(i, _tiny_a(1.0), **{p.ALPHA: 1e30})], "`max-lora-scaling`"),
+    # The largest allowed scaling (64 = 128 / 2) on B = 10s: ‖s·B‖ is over the ceiling.
+    2028: (lambda i: [_reply(i, _tiny_a(10.0), **{p.ALPHA: 128.0})], "‖s·B‖"),
+    2029: (lambda i: [_reply(i, **{p.TRAIN_LOSS: float("inf")})], "`train-loss` is inf"),
+    2030: (lambda i: [_reply(i, **{p.TRAIN_LOSS: [1.0] * 20_000})], "KiB"),
 }
+
+
+def _tiny_a(b_value: float) -> dict[str, np.ndarray]:
+    """A = 1e-30 and B = ``b_value`` everywhere: the product is ~0 whatever the scaling."""
+    out = {}
+    for m, (o, i) in MODULES.items():
+        out[f"{m}.lora_A.weight"] = np.full((2, i), 1e-30, np.float32)
+        out[f"{m}.lora_B.weight"] = np.full((o, 2), b_value, np.float32)
+    return out
 
 
 def _stale(instruction: Message) -> Message:
