@@ -7,6 +7,8 @@ Thin: parsing here, the work in ``server/operator/commands.py`` and
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,18 @@ from typing import Any
 from server.operator.federation_dir import CONTROL_PORT, ENROLL_PORT, FLEET_PORT
 
 Parse = Callable[[str], Any]
+Command = Callable[[argparse.Namespace], int]
+
+
+def _private(command: Command) -> Command:
+    """Operator commands create files for the operator alone (umask 077)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        os.umask(0o077)
+        return command(args)
+
+    return run
 
 
 def _cmd_server_init(args: argparse.Namespace) -> int:
@@ -91,7 +105,7 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
         required=True,
         help="name or IP nodes dial (repeatable; the first is advertised)",
     )
-    init.set_defaults(func=_cmd_server_init)
+    init.set_defaults(func=_private(_cmd_server_init))
 
     start = server.add_parser("start", help="run the SuperLink and enrollment (foreground)")
     start.add_argument("--dir", type=Path, required=True)
@@ -110,22 +124,22 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
         help="address the Control API listens on (default loopback only)",
     )
     start.add_argument("--insecure", action="store_true", help="plaintext, no node auth (tests)")
-    start.set_defaults(func=_cmd_server_start)
+    start.set_defaults(func=_private(_cmd_server_start))
 
     inv = server.add_parser("invite", help="print a single-use, expiring token for one node")
     inv.add_argument("--dir", type=Path, required=True)
     inv.add_argument("--name", required=True, help="the node's name, e.g. hospital-a")
     inv.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 1h, 2d (default 1h)")
-    inv.set_defaults(func=_cmd_server_invite)
+    inv.set_defaults(func=_private(_cmd_server_invite))
 
     nodes = server.add_parser("nodes", help="enrolled nodes and their status")
     nodes.add_argument("--dir", type=Path, required=True)
-    nodes.set_defaults(func=_cmd_server_nodes)
+    nodes.set_defaults(func=_private(_cmd_server_nodes))
 
     rev = server.add_parser("revoke", help="unregister a node's key: it can no longer connect")
     rev.add_argument("--dir", type=Path, required=True)
     rev.add_argument("name", help="the node's name")
-    rev.set_defaults(func=_cmd_server_revoke)
+    rev.set_defaults(func=_private(_cmd_server_revoke))
 
     run = sub.add_parser("run", help="operator: run a federation on the running server")
     run.add_argument("--dir", type=Path, required=True)
@@ -144,4 +158,4 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
         help="continue this run folder from its last completed round",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log")
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=_private(_cmd_run))

@@ -7,7 +7,10 @@ process, until SIGINT/SIGTERM; on the way out every child is ended.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from common.daemon import StopRequested, bin_dir, daemon_env, raise_on_signals, spawn, stop
 from protos.tokens import new_token, parse_ttl
+from server.operator.control_guard import ensure_secret
 from server.operator.enrollment.service import EnrollmentServicer, serve
 from server.operator.federation_dir import FederationConfig, FederationDir
 from server.operator.flower_control import (
@@ -41,8 +45,16 @@ class ServerOptions:
 
 
 def superlink_argv(fed: FederationDir, config: FederationConfig, bind: str) -> list[str]:
+    """Flower's SuperLink behind fedlora's operator-only guard (``superlink_main``), with
+    ``--isolation process``: the SuperExec is ours (:func:`superexec_argv`) and signs its
+    Runtime API calls with ``FED/superexec.secret``."""
     argv = [
-        str(bin_dir() / "flower-superlink"),
+        sys.executable,
+        "-m",
+        "server.operator.superlink_main",
+        "--token-file",
+        str(fed.operator_token),
+        "--",
         "--database",
         str(fed.flower_home / "state.db"),
         "--disable-runtime-dependency-installation",
@@ -52,6 +64,10 @@ def superlink_argv(fed: FederationDir, config: FederationConfig, bind: str) -> l
         config.control_host,
         "--port",
         str(config.control_port),
+        "--isolation",
+        "process",
+        "--superexec-auth-secret-file",
+        str(fed.superexec_secret),
     ]
     if config.insecure:
         return [*argv, "--insecure"]
@@ -66,6 +82,42 @@ def superlink_argv(fed: FederationDir, config: FederationConfig, bind: str) -> l
         str(pki.server_key),
         "--enable-supernode-auth",
     ]
+
+
+def superexec_argv(fed: FederationDir, config: FederationConfig, parent_pid: int) -> list[str]:
+    """Flower's SuperExec (launches the ServerApp of each run), authenticated to the Runtime
+    API with the HMAC secret only the operator can read."""
+    tls = ["--insecure"] if config.insecure else ["--root-certificates", str(fed.pki.ca_cert)]
+    return [
+        str(bin_dir() / "flower-superexec"),
+        "--runtime-api-address",
+        fed.control(config).address,
+        *tls,
+        "--superexec-auth-secret-file",
+        str(fed.superexec_secret),
+        "--parent-pid",
+        str(parent_pid),
+    ]
+
+
+def check_control_host(host: str, *, insecure: bool) -> None:
+    """Refuse a Control API on the network without TLS: the operator token would travel in
+    the clear."""
+    if insecure and not is_loopback(host):
+        raise ValueError(
+            f"`--control-host` is {host!r} with `--insecure`: the Control API would take the "
+            "operator token in plaintext from the network; use the default 127.0.0.1 (reach "
+            "it over SSH), or drop `--insecure` so it is served over TLS"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _wait_ready(
@@ -106,28 +158,43 @@ def start_server(root: Path, options: ServerOptions, *, echo: Echo = print) -> i
     """Run the SuperLink and the enrollment service until SIGINT/SIGTERM."""
     fed = FederationDir(root)
     fed.load()
-    config = fed.with_ports(
-        fleet=options.fleet_port,
-        control=options.control_port,
-        enroll=options.enroll_port,
-        control_host=options.control_host,
-        insecure=options.insecure,
-    )
+    check_control_host(options.control_host, insecure=options.insecure)
+    with fed.lock():  # a second `server start` stops here, before it changes anything
+        os.umask(0o077)
+        ensure_secret(fed.operator_token)
+        ensure_secret(fed.superexec_secret)
+        fed.logs.mkdir(exist_ok=True)
+        fed.restrict()
+        config = fed.with_ports(
+            fleet=options.fleet_port,
+            control=options.control_port,
+            enroll=options.enroll_port,
+            control_host=options.control_host,
+            insecure=options.insecure,
+        )
+        return _serve(fed, config, options, echo)
+
+
+def _serve(fed: FederationDir, config: FederationConfig, options: ServerOptions, echo: Echo) -> int:
     if config.insecure:
         echo(
             "[fedlora] WARNING: --insecure: node traffic and enrollment are PLAINTEXT and nodes "
             "are not authenticated; never use this outside a test bench"
         )
-    fed.logs.mkdir(exist_ok=True)
     _enrollment_logging(fed)
     raise_on_signals()
     env = daemon_env({"FLWR_HOME": str(fed.flower_home)})
     superlink = spawn(
         superlink_argv(fed, config, options.bind), env=env, log_path=fed.logs / "superlink.log"
     )
-    enrollment = None
+    superexec, enrollment = None, None
     try:
         _wait_ready(fed, config, lambda: superlink.poll() is None)
+        superexec = spawn(
+            superexec_argv(fed, config, superlink.pid),
+            env=env,
+            log_path=fed.logs / "superexec.log",
+        )
         pki = fed.pki
         tls = (
             None if config.insecure else (pki.server_cert.read_bytes(), pki.server_key.read_bytes())
@@ -139,8 +206,8 @@ def start_server(root: Path, options: ServerOptions, *, echo: Echo = print) -> i
             superlink_address=config.address(config.fleet_port),
         )
         enrollment = serve(servicer, address=f"{options.bind}:{config.enroll_port}", tls=tls)
-        _announce(root, config, echo)
-        while superlink.poll() is None:
+        _announce(fed.root, config, echo)
+        while superlink.poll() is None and superexec.poll() is None:
             time.sleep(0.5)
         echo(f"[fedlora] error: {_died(fed)}")
         return 1
@@ -150,6 +217,8 @@ def start_server(root: Path, options: ServerOptions, *, echo: Echo = print) -> i
     finally:
         if enrollment is not None:
             enrollment.stop(grace=2.0)
+        if superexec is not None:
+            stop(superexec)
         stop(superlink)
 
 
@@ -161,8 +230,8 @@ def _announce(root: Path, config: FederationConfig, echo: Echo) -> None:
     echo(f"[fedlora] SuperLink Fleet API (nodes, gRPC):  {config.address(config.fleet_port)}")
     echo(f"[fedlora] enrollment service (nodes, gRPC):    {config.address(config.enroll_port)}")
     echo(
-        f"[fedlora] Control API (operator only):         "
-        f"{config.control_host}:{config.control_port}"
+        f"[fedlora] Control API (operator token only):   "
+        f"{config.control_host}:{config.control_port} (token: {root / 'operator.token'})"
     )
     echo(f"[fedlora] logs: {root / 'logs'}; stop with Ctrl-C")
     echo(f"[fedlora] next: fedlora server invite --dir {root} --name hospital-a")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,15 +17,30 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 if TYPE_CHECKING:  # Flower's Control client is imported when a call is made: every `fedlora`
     # command builds its parser from modules that name ControlAddress, and most never call.
+    import httpx
     from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.protobuf.client import ProtobufCall, ProtobufRequestContext
 
 
 @dataclass(frozen=True)
 class ControlAddress:
-    """How to reach the SuperLink's Control API (loopback, TLS with the federation's CA)."""
+    """How to reach the SuperLink's Control API: TLS with the federation's CA, and the
+    operator's bearer token (``FED/operator.token``) on every request."""
 
     address: str
     ca_cert: Path | None  # None: plaintext (`--insecure`)
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class _Bearer:
+    """Flower protobuf-over-HTTP client interceptor: add the operator's token."""
+
+    token: str = field(repr=False)
+
+    def intercept(self, context: ProtobufRequestContext, call_next: ProtobufCall) -> httpx.Response:
+        context.request.headers["Authorization"] = f"Bearer {self.token}"
+        return call_next(context)
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,10 @@ def control_client(control: ControlAddress) -> Iterator[ControlHttpClient]:
         server_address=control.address,
         insecure=control.ca_cert is None,
         root_certificates=root,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="fedlora")],
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="fedlora"),
+            *([_Bearer(control.token)] if control.token else []),
+        ],
     )
     try:
         yield client
