@@ -78,6 +78,13 @@ def _cmd_server_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_server_invitations(args: argparse.Namespace) -> int:
+    from server.operator.commands import invitations
+
+    print("\n".join(invitations(args.dir, cancel=args.cancel)))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from server.operator.remote_run import submit
 
@@ -121,22 +128,34 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
     start.add_argument(
         "--control-host",
         default="127.0.0.1",
-        help="address the Control API listens on (default loopback only)",
+        help="address the Control API listens on (default loopback only; every request needs "
+        "FED/operator.token; a non-loopback address needs TLS, i.e. no --insecure)",
     )
     start.add_argument("--insecure", action="store_true", help="plaintext, no node auth (tests)")
     start.set_defaults(func=_private(_cmd_server_start))
 
     inv = server.add_parser("invite", help="print a single-use, expiring token for one node")
     inv.add_argument("--dir", type=Path, required=True)
-    inv.add_argument("--name", required=True, help="the node's name, e.g. hospital-a")
+    inv.add_argument(
+        "--name",
+        required=True,
+        help="the node's name, e.g. hospital-a: up to 64 ASCII letters, digits, '-', '_', '.'",
+    )
     inv.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 1h, 2d (default 1h)")
     inv.set_defaults(func=_private(_cmd_server_invite))
+
+    invs = server.add_parser("invitations", help="pending invitations; --cancel NAME cancels")
+    invs.add_argument("--dir", type=Path, required=True)
+    invs.add_argument("--cancel", metavar="NAME", help="cancel NAME's pending invitations")
+    invs.set_defaults(func=_private(_cmd_server_invitations))
 
     nodes = server.add_parser("nodes", help="enrolled nodes and their status")
     nodes.add_argument("--dir", type=Path, required=True)
     nodes.set_defaults(func=_private(_cmd_server_nodes))
 
-    rev = server.add_parser("revoke", help="unregister a node's key: it can no longer connect")
+    rev = server.add_parser(
+        "revoke", help="unregister a node's key and cancel its invitations: it can no longer join"
+    )
     rev.add_argument("--dir", type=Path, required=True)
     rev.add_argument("name", help="the node's name")
     rev.set_defaults(func=_private(_cmd_server_revoke))

@@ -14,21 +14,22 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 from common.daemon import StopRequested, bin_dir, daemon_env, raise_on_signals, spawn, stop
-from protos.tokens import new_token, parse_ttl
+from protos.tokens import check_node_name, new_token, parse_ttl
 from server.operator.control_guard import ensure_secret
 from server.operator.enrollment.service import EnrollmentServicer, serve
 from server.operator.federation_dir import FederationConfig, FederationDir
 from server.operator.flower_control import (
     ControlAddress,
+    FlowerNode,
     list_nodes,
     register_node,
     unregister_node,
 )
+from server.operator.roster import invitation_lines, node_lines, reconcile
 
 Echo = Callable[[str], None]
 READY_TIMEOUT_S = 60.0
@@ -217,6 +218,7 @@ def _serve(fed: FederationDir, config: FederationConfig, options: ServerOptions,
     finally:
         if enrollment is not None:
             enrollment.stop(grace=2.0)
+            servicer.report(servicer.limiter.flush(every=True))
         if superexec is not None:
             stop(superexec)
         stop(superlink)
@@ -241,8 +243,7 @@ def invite(root: Path, *, name: str, ttl: str) -> str:
     """Store a hashed invitation for ``name`` and return the token to hand over."""
     fed = FederationDir(root)
     config = fed.load()
-    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"`--name` is {name!r}: use letters, digits, '-', '_' or '.'")
+    check_node_name(name)
     token = new_token(address=config.address(config.enroll_port), ca_pin=config.ca_pin)
     fed.registry().add_invitation(
         token_id=token.token_id, name=name, secret=token.secret, ttl_s=parse_ttl(ttl)
@@ -255,21 +256,13 @@ def node_table(root: Path) -> list[str]:
     fed = FederationDir(root)
     config = fed.load()
     records = fed.registry().nodes()
+    flower: list[FlowerNode] | None
     try:
-        flower = {n.node_id: n.status for n in list_nodes(fed.control(config))}
+        flower = list_nodes(fed.control(config))
         note = ""
     except Exception:
-        flower, note = {}, "(the server is not running: online status unknown)"
-    width = max([len(r.name) for r in records] + [4])
-    lines = [f"{'name':<{width}}  {'enrolled at (UTC)':<19}  {'status':<9}  key fingerprint"]
-    for r in records:
-        status = r.status
-        if status == "enrolled" and flower.get(r.node_id) == "online":
-            status = "online"
-        when = datetime.fromtimestamp(r.enrolled_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        lines.append(f"{r.name:<{width}}  {when}  {status:<9}  {r.fingerprint}")
-    if not records:
-        lines.append("(no nodes enrolled yet: `fedlora server invite --dir FED --name NAME`)")
+        flower, note = None, "(the server is not running: online status unknown)"
+    lines = node_lines(reconcile(records, flower), str(root))
     return [*lines, note] if note else lines
 
 
@@ -280,10 +273,16 @@ def revoke(root: Path, name: str) -> str:
     registry = fed.registry()
     record = registry.node(name)
     if record is None:
+        cancelled = registry.cancel_invitations(name)
+        if cancelled:
+            return f"{name} had not joined yet: cancelled its pending invitation"
         known = ", ".join(r.name for r in registry.nodes()) or "none"
         raise ValueError(f"`NAME` {name!r} is not an enrolled node (enrolled: {known})")
     if record.status == "revoked":
-        return f"{name} was already revoked"
+        cancelled = registry.mark_revoked(name)
+        return f"{name} was already revoked" + (
+            f"; cancelled {cancelled} pending invitation(s)" if cancelled else ""
+        )
     try:
         unregister_node(fed.control(config), record.node_id)
     except Exception as err:
@@ -291,5 +290,20 @@ def revoke(root: Path, name: str) -> str:
             f"could not reach the SuperLink to revoke {name!r} ({err}): run this while "
             f"`fedlora server start --dir {root}` is running"
         ) from None
-    registry.mark_revoked(name)
-    return f"revoked {name} (key {record.fingerprint}): it can no longer connect"
+    cancelled = registry.mark_revoked(name)
+    also = f"; cancelled {cancelled} pending invitation(s)" if cancelled else ""
+    return f"revoked {name} (key {record.fingerprint}): it can no longer connect{also}"
+
+
+def invitations(root: Path, *, cancel: str | None = None) -> list[str]:
+    """``server invitations``: the pending invitations, or cancel those of one name."""
+    fed = FederationDir(root)
+    fed.load()
+    registry = fed.registry()
+    if cancel is None:
+        return invitation_lines(registry.pending())
+    count = registry.cancel_invitations(cancel)
+    if not count:
+        pending = ", ".join(sorted({i.name for i in registry.pending()})) or "none"
+        raise ValueError(f"`--cancel` {cancel!r} has no pending invitation (pending: {pending})")
+    return [f"cancelled {count} invitation(s) for {cancel}: its token no longer enrolls"]

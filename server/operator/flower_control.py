@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from server.operator.enrollment.keys import fingerprint_of_pem, parse_node_key
+
 if TYPE_CHECKING:  # Flower's Control client is imported when a call is made: every `fedlora`
     # command builds its parser from modules that name ControlAddress, and most never call.
     import httpx
@@ -48,17 +50,12 @@ class FlowerNode:
     node_id: int
     name: str
     status: str  # Flower's: registered, online, offline, unregistered
+    fingerprint: str = "?"  # of the registered public key (OpenSSH SHA256)
 
 
 def load_node_public_key(openssh: str) -> ec.EllipticCurvePublicKey:
     """Parse an OpenSSH ``ecdsa-sha2-nistp384`` public key; raise naming the problem."""
-    try:
-        key = serialization.load_ssh_public_key(openssh.strip().encode())
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"the node's public key is not an OpenSSH public key ({err})") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        raise ValueError("the node's public key must be EC P-384 (ecdsa-sha2-nistp384)")
-    return key
+    return parse_node_key(openssh).key
 
 
 @contextmanager
@@ -82,15 +79,49 @@ def control_client(control: ControlAddress) -> Iterator[ControlHttpClient]:
         client.close()
 
 
+class ControlRefused(RuntimeError):
+    """The SuperLink answered a Control API call with an error; the message says which."""
+
+
+def _refused(err: Exception, action: str) -> ControlRefused:
+    """Flower's HTTP error as one readable sentence (no URL, no stack)."""
+    import httpx
+
+    if not isinstance(err, httpx.HTTPStatusError):
+        return ControlRefused(f"could not reach the SuperLink to {action} ({type(err).__name__})")
+    code = err.response.status_code
+    if code == 412 and action.startswith("register"):
+        return ControlRefused(
+            "this public key is already registered with the federation: every node needs its "
+            "own key pair; join from a fresh `--dir` so `fedlora node join` makes a new one"
+        )
+    if code == 401:
+        return ControlRefused(f"the SuperLink refused to {action}: not the operator's token")
+    try:
+        body = err.response.json()
+    except ValueError:
+        body = None
+    detail = (
+        str(body.get("message") or body.get("detail") or "")
+        if isinstance(body, dict)
+        else err.response.text
+    )
+    return ControlRefused(f"the SuperLink refused to {action} (HTTP {code}: {detail[:200]})")
+
+
 def register_node(control: ControlAddress, *, name: str, public_key: str) -> int:
     """Register an OpenSSH public key with the SuperLink; return Flower's node id."""
+    import httpx
     from flwr.proto.control_pb2 import RegisterNodeRequest
 
     pem = load_node_public_key(public_key).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    with control_client(control) as client:
-        response = client.RegisterNode(RegisterNodeRequest(public_key=pem, name=name))
+    try:
+        with control_client(control) as client:
+            response = client.RegisterNode(RegisterNodeRequest(public_key=pem, name=name))
+    except httpx.HTTPError as err:
+        raise _refused(err, "register the node's key") from None
     if not response.node_id:
         raise RuntimeError("the SuperLink did not register the key")
     return int(response.node_id)
@@ -108,7 +139,12 @@ def list_nodes(control: ControlAddress) -> list[FlowerNode]:
 
     with control_client(control) as client:
         response = client.ListNodes(ListNodesRequest())
-    return [FlowerNode(int(n.node_id), str(n.name), str(n.status)) for n in response.nodes_info]
+    return [
+        FlowerNode(
+            int(n.node_id), str(n.name), str(n.status), fingerprint_of_pem(bytes(n.public_key))
+        )
+        for n in response.nodes_info
+    ]
 
 
 @dataclass(frozen=True)
