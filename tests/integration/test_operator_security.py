@@ -133,3 +133,43 @@ def test_second_server_start_is_refused_before_it_touches_anything(
     assert (config.read_bytes(), config.stat().st_mtime_ns) == before
     fed = FederationDir(federation.fed)
     assert list_nodes(fed.control(fed.load())) == []  # the first one still serves
+
+
+def test_insecure_control_api_on_the_network_is_refused(federation: Federation) -> None:
+    config = federation.fed / "federation.json"
+    before = config.read_bytes()
+    refused = fedlora("server", "start", "--dir", federation.fed, "--insecure",
+                      "--control-host", "0.0.0.0", timeout=60)  # fmt: skip
+    assert refused.returncode != 0 and "`--control-host` is '0.0.0.0' with `--insecure`" in (
+        refused.stderr
+    ), refused.stderr
+    assert config.read_bytes() == before
+
+
+def test_keys_registered_out_of_band_are_flagged(federation: Federation) -> None:
+    """Flower's registered keys are reconciled with fedlora's registry: a key fedlora did not
+    enroll shows as a warning, with its fingerprint; a key registered twice reads plainly."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from server.operator.enrollment.keys import parse_node_key
+    from server.operator.flower_control import ControlRefused, register_node, unregister_node
+
+    key = ec.generate_private_key(ec.SECP384R1()).public_key()
+    openssh = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    fed = FederationDir(federation.fed)
+    control = fed.control(fed.load())
+    node_id = register_node(control, name="side-door", public_key=openssh.decode())
+    try:
+        with pytest.raises(ControlRefused, match="already registered with the federation"):
+            register_node(control, name="again", public_key=openssh.decode())
+        nodes = fedlora("server", "nodes", "--dir", federation.fed)
+        fingerprint = parse_node_key(openssh.decode()).fingerprint
+        assert (
+            f"WARNING: Flower accepts node {node_id} (side-door, registered, key {fingerprint})"
+            in (nodes.stdout)
+        ), nodes.stdout
+    finally:
+        unregister_node(control, node_id)
+    nodes = fedlora("server", "nodes", "--dir", federation.fed)
+    assert "WARNING" not in nodes.stdout, nodes.stdout
