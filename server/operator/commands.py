@@ -140,10 +140,11 @@ def _wait_ready(
             time.sleep(0.3)
 
 
-def _died(fed: FederationDir) -> str:
-    log = fed.logs / "superlink.log"
+def _died(fed: FederationDir, daemon: str = "superlink") -> str:
+    log = fed.logs / f"{daemon}.log"
     tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
-    return "the SuperLink exited:\n  " + "\n  ".join(tail) + f"\n(full log: {log})"
+    who = "the SuperLink" if daemon == "superlink" else "Flower's SuperExec (runs' launcher)"
+    return f"{who} exited:\n  " + "\n  ".join(tail) + f"\n(full log: {log})"
 
 
 def _enrollment_logging(fed: FederationDir) -> None:
@@ -210,7 +211,8 @@ def _serve(fed: FederationDir, config: FederationConfig, options: ServerOptions,
         _announce(fed.root, config, echo)
         while superlink.poll() is None and superexec.poll() is None:
             time.sleep(0.5)
-        echo(f"[fedlora] error: {_died(fed)}")
+        daemon = "superlink" if superlink.poll() is not None else "superexec"
+        echo(f"[fedlora] error: {_died(fed, daemon)}")
         return 1
     except StopRequested as sig:
         echo(f"[fedlora] {sig}: stopping the server")

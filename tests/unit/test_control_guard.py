@@ -85,3 +85,18 @@ def test_network_control_host_needs_tls(host: str) -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
 def test_loopback_control_host_is_fine_even_insecure(host: str) -> None:
     check_control_host(host, insecure=True)
+
+
+def test_superlink_is_guarded_and_superexec_signs_its_calls(tmp_path: Path) -> None:
+    from server.operator.commands import superexec_argv, superlink_argv
+    from server.operator.federation_dir import FederationDir, init_federation
+
+    config = init_federation(tmp_path / "fed", ["fed.example.org"])
+    fed = FederationDir(tmp_path / "fed")
+    link = " ".join(superlink_argv(fed, config, "0.0.0.0"))
+    assert f"-m server.operator.superlink_main --token-file {fed.operator_token} --" in link
+    assert f"--isolation process --superexec-auth-secret-file {fed.superexec_secret}" in link
+    execs = " ".join(superexec_argv(fed, config, 4242))
+    assert f"--runtime-api-address 127.0.0.1:{config.control_port}" in execs
+    assert f"--root-certificates {fed.pki.ca_cert}" in execs and "--parent-pid 4242" in execs
+    assert f"--superexec-auth-secret-file {fed.superexec_secret}" in execs
