@@ -15,12 +15,21 @@ import hmac
 import json
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 
 PREFIX = "fl1"
 _PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TTL = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_NAME_CHARS = 64
+# ASCII letters and digits, then also '-', '_', '.'; nothing else (no look-alike Unicode, no
+# path separators, no leading '-' or '.').
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", re.ASCII)
+NAME_RULE = (
+    f"1 to {MAX_NAME_CHARS} characters: ASCII letters, digits, '-', '_' or '.', "
+    "starting with a letter or digit (e.g. hospital-a)"
+)
 
 
 class TokenError(ValueError):
@@ -82,6 +91,24 @@ def secret_hash(secret: str) -> str:
 def secret_matches(secret: str, stored_hash: str) -> bool:
     """Constant-time comparison of a presented secret with the stored hash."""
     return hmac.compare_digest(secret_hash(secret), stored_hash)
+
+
+def check_node_name(name: str, *, field: str = "--name") -> str:
+    """Return ``name`` when it is a valid node name; raise ``ValueError`` naming ``field``,
+    the value and the rule. Look-alike Unicode (a Cyrillic o, U+043E, in 'hospital') is named."""
+    shown = repr(name if len(name) <= 80 else name[:80] + "…")
+    if len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"`{field}` {shown} is {len(name)} characters long: use {NAME_RULE}")
+    if not _NAME.match(name):
+        foreign = next((c for c in name if not c.isascii()), None)
+        detail = (
+            f" (it contains {foreign!r}, U+{ord(foreign):04X} "
+            f"{unicodedata.name(foreign, 'UNNAMED')}, which is not ASCII)"
+            if foreign is not None
+            else ""
+        )
+        raise ValueError(f"`{field}` is {shown}{detail}: use {NAME_RULE}")
+    return name
 
 
 def parse_ttl(text: str) -> int:

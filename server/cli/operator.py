@@ -7,6 +7,8 @@ Thin: parsing here, the work in ``server/operator/commands.py`` and
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,18 @@ from server.dashboard.access import DASHBOARD_PORT
 from server.operator.federation_dir import CONTROL_PORT, ENROLL_PORT, FLEET_PORT
 
 Parse = Callable[[str], Any]
+Command = Callable[[argparse.Namespace], int]
+
+
+def _private(command: Command) -> Command:
+    """Operator commands create files for the operator alone (umask 077)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        os.umask(0o077)
+        return command(args)
+
+    return run
 
 
 def _cmd_server_init(args: argparse.Namespace) -> int:
@@ -83,6 +97,13 @@ def _cmd_server_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_server_invitations(args: argparse.Namespace) -> int:
+    from server.operator.commands import invitations
+
+    print("\n".join(invitations(args.dir, cancel=args.cancel)))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from server.operator.remote_run import submit
 
@@ -110,7 +131,7 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
         required=True,
         help="name or IP nodes dial (repeatable; the first is advertised)",
     )
-    init.set_defaults(func=_cmd_server_init)
+    init.set_defaults(func=_private(_cmd_server_init))
 
     start = server.add_parser("start", help="run the SuperLink and enrollment (foreground)")
     start.add_argument("--dir", type=Path, required=True)
@@ -126,7 +147,8 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
     start.add_argument(
         "--control-host",
         default="127.0.0.1",
-        help="address the Control API listens on (default loopback only)",
+        help="address the Control API listens on (default loopback only; every request needs "
+        "FED/operator.token; a non-loopback address needs TLS, i.e. no --insecure)",
     )
     start.add_argument("--insecure", action="store_true", help="plaintext, no node auth (tests)")
     start.add_argument(
@@ -135,7 +157,7 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
         default=DASHBOARD_PORT,
         help=f"the operator's dashboard on loopback (default {DASHBOARD_PORT}; 0: off)",
     )
-    start.set_defaults(func=_cmd_server_start)
+    start.set_defaults(func=_private(_cmd_server_start))
 
     dash = server.add_parser("dashboard", help="print the dashboard's URL with its access token")
     dash.add_argument("--dir", type=Path, required=True)
@@ -143,18 +165,29 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
 
     inv = server.add_parser("invite", help="print a single-use, expiring token for one node")
     inv.add_argument("--dir", type=Path, required=True)
-    inv.add_argument("--name", required=True, help="the node's name, e.g. hospital-a")
+    inv.add_argument(
+        "--name",
+        required=True,
+        help="the node's name, e.g. hospital-a: up to 64 ASCII letters, digits, '-', '_', '.'",
+    )
     inv.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 1h, 2d (default 1h)")
-    inv.set_defaults(func=_cmd_server_invite)
+    inv.set_defaults(func=_private(_cmd_server_invite))
+
+    invs = server.add_parser("invitations", help="pending invitations; --cancel NAME cancels")
+    invs.add_argument("--dir", type=Path, required=True)
+    invs.add_argument("--cancel", metavar="NAME", help="cancel NAME's pending invitations")
+    invs.set_defaults(func=_private(_cmd_server_invitations))
 
     nodes = server.add_parser("nodes", help="enrolled nodes and their status")
     nodes.add_argument("--dir", type=Path, required=True)
-    nodes.set_defaults(func=_cmd_server_nodes)
+    nodes.set_defaults(func=_private(_cmd_server_nodes))
 
-    rev = server.add_parser("revoke", help="unregister a node's key: it can no longer connect")
+    rev = server.add_parser(
+        "revoke", help="unregister a node's key and cancel its invitations: it can no longer join"
+    )
     rev.add_argument("--dir", type=Path, required=True)
     rev.add_argument("name", help="the node's name")
-    rev.set_defaults(func=_cmd_server_revoke)
+    rev.set_defaults(func=_private(_cmd_server_revoke))
 
     run = sub.add_parser("run", help="operator: run a federation on the running server")
     run.add_argument("--dir", type=Path, required=True)
@@ -173,4 +206,4 @@ def add_server_commands(sub: Any, parse_override: Parse) -> None:
         help="continue this run folder from its last completed round",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log")
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=_private(_cmd_run))

@@ -7,25 +7,30 @@ process, until SIGINT/SIGTERM; on the way out every child is ended.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import ssl
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 from common.daemon import StopRequested, bin_dir, daemon_env, raise_on_signals, spawn, stop
-from protos.tokens import new_token, parse_ttl
+from protos.tokens import check_node_name, new_token, parse_ttl
+from server.operator.control_guard import ensure_secret
 from server.operator.enrollment.service import EnrollmentServicer, serve
 from server.operator.federation_dir import FederationConfig, FederationDir
 from server.operator.flower_control import (
     ControlAddress,
+    FlowerNode,
     list_nodes,
     register_node,
     unregister_node,
 )
+from server.operator.roster import invitation_lines, node_lines, reconcile
 
 Echo = Callable[[str], None]
 READY_TIMEOUT_S = 60.0
@@ -42,8 +47,16 @@ class ServerOptions:
 
 
 def superlink_argv(fed: FederationDir, config: FederationConfig, bind: str) -> list[str]:
+    """Flower's SuperLink behind fedlora's operator-only guard (``superlink_main``), with
+    ``--isolation process``: the SuperExec is ours (:func:`superexec_argv`) and signs its
+    Runtime API calls with ``FED/superexec.secret``."""
     argv = [
-        str(bin_dir() / "flower-superlink"),
+        sys.executable,
+        "-m",
+        "server.operator.superlink_main",
+        "--token-file",
+        str(fed.operator_token),
+        "--",
         "--database",
         str(fed.flower_home / "state.db"),
         "--disable-runtime-dependency-installation",
@@ -53,6 +66,10 @@ def superlink_argv(fed: FederationDir, config: FederationConfig, bind: str) -> l
         config.control_host,
         "--port",
         str(config.control_port),
+        "--isolation",
+        "process",
+        "--superexec-auth-secret-file",
+        str(fed.superexec_secret),
     ]
     if config.insecure:
         return [*argv, "--insecure"]
@@ -67,6 +84,42 @@ def superlink_argv(fed: FederationDir, config: FederationConfig, bind: str) -> l
         str(pki.server_key),
         "--enable-supernode-auth",
     ]
+
+
+def superexec_argv(fed: FederationDir, config: FederationConfig, parent_pid: int) -> list[str]:
+    """Flower's SuperExec (launches the ServerApp of each run), authenticated to the Runtime
+    API with the HMAC secret only the operator can read."""
+    tls = ["--insecure"] if config.insecure else ["--root-certificates", str(fed.pki.ca_cert)]
+    return [
+        str(bin_dir() / "flower-superexec"),
+        "--runtime-api-address",
+        fed.control(config).address,
+        *tls,
+        "--superexec-auth-secret-file",
+        str(fed.superexec_secret),
+        "--parent-pid",
+        str(parent_pid),
+    ]
+
+
+def check_control_host(host: str, *, insecure: bool) -> None:
+    """Refuse a Control API on the network without TLS: the operator token would travel in
+    the clear."""
+    if insecure and not is_loopback(host):
+        raise ValueError(
+            f"`--control-host` is {host!r} with `--insecure`: the Control API would take the "
+            "operator token in plaintext from the network; use the default 127.0.0.1 (reach "
+            "it over SSH), or drop `--insecure` so it is served over TLS"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _wait_ready(
@@ -88,10 +141,11 @@ def _wait_ready(
             time.sleep(0.3)
 
 
-def _died(fed: FederationDir) -> str:
-    log = fed.logs / "superlink.log"
+def _died(fed: FederationDir, daemon: str = "superlink") -> str:
+    log = fed.logs / f"{daemon}.log"
     tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
-    return "the SuperLink exited:\n  " + "\n  ".join(tail) + f"\n(full log: {log})"
+    who = "the SuperLink" if daemon == "superlink" else "Flower's SuperExec (runs' launcher)"
+    return f"{who} exited:\n  " + "\n  ".join(tail) + f"\n(full log: {log})"
 
 
 def _enrollment_logging(fed: FederationDir) -> None:
@@ -113,29 +167,50 @@ def start_server(
     """Run the SuperLink, the enrollment service and ``services`` until SIGINT/SIGTERM."""
     fed = FederationDir(root)
     fed.load()
-    config = fed.with_ports(
-        fleet=options.fleet_port,
-        control=options.control_port,
-        enroll=options.enroll_port,
-        control_host=options.control_host,
-        insecure=options.insecure,
-    )
+    check_control_host(options.control_host, insecure=options.insecure)
+    with fed.lock():  # a second `server start` stops here, before it changes anything
+        os.umask(0o077)
+        ensure_secret(fed.operator_token)
+        ensure_secret(fed.superexec_secret)
+        fed.logs.mkdir(exist_ok=True)
+        fed.restrict()
+        config = fed.with_ports(
+            fleet=options.fleet_port,
+            control=options.control_port,
+            enroll=options.enroll_port,
+            control_host=options.control_host,
+            insecure=options.insecure,
+        )
+        return _serve(fed, config, options, echo, services)
+
+
+def _serve(
+    fed: FederationDir,
+    config: FederationConfig,
+    options: ServerOptions,
+    echo: Echo,
+    services: Sequence[Service],
+) -> int:
     if config.insecure:
         echo(
             "[fedlora] WARNING: --insecure: node traffic and enrollment are PLAINTEXT and nodes "
             "are not authenticated; never use this outside a test bench"
         )
-    fed.logs.mkdir(exist_ok=True)
     _enrollment_logging(fed)
     raise_on_signals()
     env = daemon_env({"FLWR_HOME": str(fed.flower_home)})
     superlink = spawn(
         superlink_argv(fed, config, options.bind), env=env, log_path=fed.logs / "superlink.log"
     )
-    enrollment = None
+    superexec, enrollment = None, None
     stops: list[Callable[[], None]] = []
     try:
         _wait_ready(fed, config, lambda: superlink.poll() is None)
+        superexec = spawn(
+            superexec_argv(fed, config, superlink.pid),
+            env=env,
+            log_path=fed.logs / "superexec.log",
+        )
         pki = fed.pki
         tls = (
             None if config.insecure else (pki.server_cert.read_bytes(), pki.server_key.read_bytes())
@@ -148,10 +223,11 @@ def start_server(
         )
         enrollment = serve(servicer, address=f"{options.bind}:{config.enroll_port}", tls=tls)
         stops.extend(start() for start in services)
-        _announce(root, config, echo)
-        while superlink.poll() is None:
+        _announce(fed.root, config, echo)
+        while superlink.poll() is None and superexec.poll() is None:
             time.sleep(0.5)
-        echo(f"[fedlora] error: {_died(fed)}")
+        daemon = "superlink" if superlink.poll() is not None else "superexec"
+        echo(f"[fedlora] error: {_died(fed, daemon)}")
         return 1
     except StopRequested as sig:
         echo(f"[fedlora] {sig}: stopping the server")
@@ -161,6 +237,9 @@ def start_server(
             stop_service()
         if enrollment is not None:
             enrollment.stop(grace=2.0)
+            servicer.report(servicer.limiter.flush(every=True))
+        if superexec is not None:
+            stop(superexec)
         stop(superlink)
 
 
@@ -172,8 +251,8 @@ def _announce(root: Path, config: FederationConfig, echo: Echo) -> None:
     echo(f"[fedlora] SuperLink Fleet API (nodes, gRPC):  {config.address(config.fleet_port)}")
     echo(f"[fedlora] enrollment service (nodes, gRPC):    {config.address(config.enroll_port)}")
     echo(
-        f"[fedlora] Control API (operator only):         "
-        f"{config.control_host}:{config.control_port}"
+        f"[fedlora] Control API (operator token only):   "
+        f"{config.control_host}:{config.control_port} (token: {root / 'operator.token'})"
     )
     echo(f"[fedlora] logs: {root / 'logs'}; stop with Ctrl-C")
     echo(f"[fedlora] next: fedlora server invite --dir {root} --name hospital-a")
@@ -183,8 +262,7 @@ def invite(root: Path, *, name: str, ttl: str) -> str:
     """Store a hashed invitation for ``name`` and return the token to hand over."""
     fed = FederationDir(root)
     config = fed.load()
-    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"`--name` is {name!r}: use letters, digits, '-', '_' or '.'")
+    check_node_name(name)
     token = new_token(address=config.address(config.enroll_port), ca_pin=config.ca_pin)
     fed.registry().add_invitation(
         token_id=token.token_id, name=name, secret=token.secret, ttl_s=parse_ttl(ttl)
@@ -198,21 +276,13 @@ def node_table(root: Path) -> list[str]:
     config = fed.load()
     records = fed.registry().nodes()
     control = fed.control(config)
+    flower: list[FlowerNode] | None
     try:
-        flower = {n.node_id: n.status for n in list_nodes(control)}
+        flower = list_nodes(control)
         note = ""
     except Exception as err:
-        flower, note = {}, _control_failure(err, control)
-    width = max([len(r.name) for r in records] + [4])
-    lines = [f"{'name':<{width}}  {'enrolled at (UTC)':<19}  {'status':<9}  key fingerprint"]
-    for r in records:
-        status = r.status
-        if status == "enrolled" and flower.get(r.node_id) == "online":
-            status = "online"
-        when = datetime.fromtimestamp(r.enrolled_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        lines.append(f"{r.name:<{width}}  {when}  {status:<9}  {r.fingerprint}")
-    if not records:
-        lines.append("(no nodes enrolled yet: `fedlora server invite --dir FED --name NAME`)")
+        flower, note = None, _control_failure(err, control)
+    lines = node_lines(reconcile(records, flower), str(root))
     return [*lines, note] if note else lines
 
 
@@ -248,10 +318,16 @@ def revoke(root: Path, name: str) -> str:
     registry = fed.registry()
     record = registry.node(name)
     if record is None:
+        cancelled = registry.cancel_invitations(name)
+        if cancelled:
+            return f"{name} had not joined yet: cancelled its pending invitation"
         known = ", ".join(r.name for r in registry.nodes()) or "none"
         raise ValueError(f"`NAME` {name!r} is not an enrolled node (enrolled: {known})")
     if record.status == "revoked":
-        return f"{name} was already revoked"
+        cancelled = registry.mark_revoked(name)
+        return f"{name} was already revoked" + (
+            f"; cancelled {cancelled} pending invitation(s)" if cancelled else ""
+        )
     try:
         unregister_node(fed.control(config), record.node_id)
     except Exception as err:
@@ -259,5 +335,20 @@ def revoke(root: Path, name: str) -> str:
             f"could not reach the SuperLink to revoke {name!r} ({err}): run this while "
             f"`fedlora server start --dir {root}` is running"
         ) from None
-    registry.mark_revoked(name)
-    return f"revoked {name} (key {record.fingerprint}): it can no longer connect"
+    cancelled = registry.mark_revoked(name)
+    also = f"; cancelled {cancelled} pending invitation(s)" if cancelled else ""
+    return f"revoked {name} (key {record.fingerprint}): it can no longer connect{also}"
+
+
+def invitations(root: Path, *, cancel: str | None = None) -> list[str]:
+    """``server invitations``: the pending invitations, or cancel those of one name."""
+    fed = FederationDir(root)
+    fed.load()
+    registry = fed.registry()
+    if cancel is None:
+        return invitation_lines(registry.pending())
+    count = registry.cancel_invitations(cancel)
+    if not count:
+        pending = ", ".join(sorted({i.name for i in registry.pending()})) or "none"
+        raise ValueError(f"`--cancel` {cancel!r} has no pending invitation (pending: {pending})")
+    return [f"cancelled {count} invitation(s) for {cancel}: its token no longer enrolls"]

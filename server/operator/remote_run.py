@@ -52,8 +52,29 @@ def write_connection(fed: FederationDir, config: FederationConfig) -> None:
         lines.append("insecure = true")
     else:
         lines.append(f"root-certificates = {json.dumps(str(control.ca_cert.resolve()))}")
-    fed.flower_home.mkdir(exist_ok=True)
+    fed.flower_home.mkdir(mode=0o700, exist_ok=True)
     (fed.flower_home / "config.toml").write_text("\n".join(lines) + "\n")
+    store_cli_token(fed.flower_home / "credentials.yaml", control.address, control.token)
+
+
+def store_cli_token(path: Path, address: str, token: str) -> None:
+    """Let the ``flwr`` CLI send the operator token: Flower's CLI sends the access token of
+    its account-auth credential store as ``Authorization: Bearer``; fedlora's guard checks it.
+    The refresh token is a placeholder: the guard's 401 never asks for a refresh."""
+    from flwr.cli.constant import (
+        ACCESS_TOKEN_STORE_KEY,
+        AUTHN_TYPE_STORE_KEY,
+        REFRESH_TOKEN_STORE_KEY,
+    )
+    from flwr.common.constant import AuthnType
+    from flwr.supercore.credential_store.file_credential_store import FileCredentialStore
+
+    store = FileCredentialStore(file_path=path)
+    if store.get(ACCESS_TOKEN_STORE_KEY % address) == token.encode():
+        return
+    store.set(AUTHN_TYPE_STORE_KEY % address, AuthnType.OIDC.encode())
+    store.set(ACCESS_TOKEN_STORE_KEY % address, token.encode())
+    store.set(REFRESH_TOKEN_STORE_KEY % address, b"fedlora-static-token")
 
 
 def toml_pairs(config: Mapping[str, ConfigValue]) -> str:

@@ -94,10 +94,9 @@ def test_expired_token_and_taken_name_are_refused(tmp_path: Path) -> None:
     with pytest.raises(Refused, match="expired"):
         _enroll(registry, "old", "s")
     registry.add_invitation(token_id="t1", name="bank-b", secret="s", ttl_s=60)
-    registry.add_invitation(token_id="t2", name="bank-b", secret="s", ttl_s=60)
+    with pytest.raises(Refused, match="already has a pending invitation"):
+        registry.add_invitation(token_id="t2", name="bank-b", secret="s", ttl_s=60)
     _enroll(registry, "t1", "s")
-    with pytest.raises(Refused, match="already enrolled"):
-        _enroll(registry, "t2", "s")
     with pytest.raises(Refused, match="already enrolled"):
         registry.add_invitation(token_id="t3", name="bank-b", secret="s", ttl_s=60)
     registry.mark_revoked("bank-b")
@@ -145,12 +144,22 @@ def test_rate_limiter_blocks_a_peer_after_repeated_failures() -> None:
     now = [0.0]
     limiter = RateLimiter(max_failures=3, window_s=60.0, clock=lambda: now[0])
     for _ in range(3):
-        assert not limiter.blocked("ipv4:10.0.0.1")
-        limiter.failed("ipv4:10.0.0.1")
-    assert limiter.blocked("ipv4:10.0.0.1")
-    assert not limiter.blocked("ipv4:10.0.0.2")
+        assert limiter.admit("ipv4:10.0.0.1") == (True, None)  # each counts as failed
+    admitted, report = limiter.admit("ipv4:10.0.0.1")
+    assert not admitted and report is not None and "blocked" in report
+    assert limiter.admit("ipv4:10.0.0.1") == (False, None)  # reported once per block
+    assert limiter.admit("ipv4:10.0.0.2")[0]
+    assert limiter.flush() == []  # still blocked: nothing to summarise yet
     now[0] = 61.0
-    assert not limiter.blocked("ipv4:10.0.0.1")
+    assert limiter.flush() == ["enrollment from ipv4:10.0.0.1: 2 attempt(s) blocked in 61 s"]
+    assert limiter.admit("ipv4:10.0.0.1")[0]
+
+
+def test_a_success_takes_its_mark_back() -> None:
+    limiter = RateLimiter(max_failures=2, window_s=60.0)
+    for _ in range(5):
+        assert limiter.admit("p")[0]
+        limiter.succeeded("p")
 
 
 def test_peer_host_drops_the_port() -> None:
@@ -177,7 +186,7 @@ def test_node_keys_must_be_p384() -> None:
     rsa = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x"
     with pytest.raises(ValueError, match="P-384"):
         load_node_public_key(rsa)
-    with pytest.raises(ValueError, match="not an OpenSSH public key"):
+    with pytest.raises(ValueError, match="not an OpenSSH EC P-384 key"):
         load_node_public_key("garbage")
 
 

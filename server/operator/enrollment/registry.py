@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from protos.tokens import secret_hash, secret_matches
+from protos.tokens import check_node_name, secret_hash, secret_matches
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invitations (
@@ -47,6 +47,14 @@ class NodeRecord:
     status: str
 
 
+@dataclass(frozen=True)
+class Invitation:
+    token_id: str
+    name: str
+    created_at: float
+    expires_at: float
+
+
 Register = Callable[[str, str], int]  # (node name, OpenSSH public key) -> Flower node id
 
 
@@ -57,6 +65,7 @@ class Registry:
         self.path = path
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+        path.chmod(0o600)  # invitations, keys and the audit trail are the operator's alone
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -67,21 +76,60 @@ class Registry:
             conn.close()
 
     def add_invitation(self, *, token_id: str, name: str, secret: str, ttl_s: int) -> None:
-        """Store a new invitation for ``name``; refuse a name that is already enrolled."""
+        """Store a new invitation for ``name``; refuse a name that breaks the naming rule, is
+        already enrolled, or already has a pending invitation."""
+        check_node_name(name)
         now = time.time()
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
+            problem = None
             if self._enrolled(conn, name):
-                conn.execute("ROLLBACK")
-                raise Refused(
+                problem = (
                     f"`--name` {name!r} is already enrolled: pick another name, or "
                     f"`fedlora server revoke {name}` first to replace that node"
                 )
+            elif self._pending(conn, now, name):
+                problem = (
+                    f"`--name` {name!r} already has a pending invitation (one per name): hand "
+                    "that one over, or cancel it with `fedlora server invitations --dir FED "
+                    f"--cancel {name}` and invite again"
+                )
+            if problem is not None:
+                conn.execute("ROLLBACK")
+                raise Refused(problem)
             conn.execute(
                 "INSERT INTO invitations VALUES (?, ?, ?, ?, ?, NULL, NULL)",
                 (token_id, name, secret_hash(secret), now, now + ttl_s),
             )
             conn.execute("COMMIT")
+        self.log(peer="operator", name=name, outcome="invited", reason=f"token {token_id}")
+
+    @staticmethod
+    def _pending(conn: sqlite3.Connection, now: float, name: str | None) -> list[Invitation]:
+        rows = conn.execute(
+            "SELECT id, name, created_at, expires_at FROM invitations "
+            "WHERE used_at IS NULL AND expires_at > ? AND (? IS NULL OR name = ?) "
+            "ORDER BY created_at",
+            (now, name, name),
+        ).fetchall()
+        return [Invitation(str(r[0]), str(r[1]), float(r[2]), float(r[3])) for r in rows]
+
+    def pending(self) -> list[Invitation]:
+        """Invitations not used and not expired, oldest first."""
+        with self._connect() as conn:
+            return self._pending(conn, time.time(), None)
+
+    def cancel_invitations(self, name: str) -> int:
+        """Delete ``name``'s unused invitations (pending or expired); return how many."""
+        with self._connect() as conn:
+            count = conn.execute(
+                "DELETE FROM invitations WHERE name = ? AND used_at IS NULL", (name,)
+            ).rowcount
+        if count:
+            self.log(
+                peer="operator", name=name, outcome="cancelled", reason=f"{count} invitation(s)"
+            )
+        return int(count)
 
     def enroll(
         self,
@@ -159,13 +207,21 @@ class Registry:
     def node(self, name: str) -> NodeRecord | None:
         return next((n for n in self.nodes() if n.name == name), None)
 
-    def mark_revoked(self, name: str) -> None:
+    def mark_revoked(self, name: str) -> int:
+        """Mark ``name`` revoked and cancel its unused invitations in the same transaction (an
+        older invitation must not re-enroll a revoked name); return how many were cancelled."""
         with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "UPDATE nodes SET status = ?, revoked_at = ? WHERE name = ?",
                 (REVOKED, time.time(), name),
             )
-        self.log(peer="operator", name=name, outcome="revoked", reason="")
+            cancelled = conn.execute(
+                "DELETE FROM invitations WHERE name = ? AND used_at IS NULL", (name,)
+            ).rowcount
+            conn.execute("COMMIT")
+        self.log(peer="operator", name=name, outcome="revoked", reason=f"{cancelled} cancelled")
+        return int(cancelled)
 
     def log(self, *, peer: str, name: str | None, outcome: str, reason: str) -> None:
         with self._connect() as conn:

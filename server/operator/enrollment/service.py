@@ -8,8 +8,6 @@ rate-limited per peer address. Every enrollment and refusal is logged. No torch 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import threading
 import time
@@ -21,43 +19,88 @@ from dataclasses import dataclass, field
 import grpc
 
 from protos.fedlora.enroll.v1 import enroll_pb2, enroll_pb2_grpc
-from server.operator.enrollment.registry import Refused, Register, Registry
-from server.operator.flower_control import load_node_public_key
+from server.operator.enrollment.keys import parse_node_key
+from server.operator.enrollment.registry import NodeRecord, Refused, Register, Registry
 
 log = logging.getLogger("fedlora.enrollment")
 
 MAX_FAILURES = 5  # per peer address and window
 FAILURE_WINDOW_S = 60.0
+MAX_TOKEN_FIELD = 128  # token id and secret are far shorter; anything longer is not a token
 
 
 def key_fingerprint(openssh: str) -> str:
     """``SHA256:<base64>`` of the key blob, as ``ssh-keygen -l`` prints it."""
-    blob = base64.b64decode(openssh.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return parse_node_key(openssh).fingerprint
+
+
+@dataclass
+class _Blocked:
+    since: float
+    count: int
 
 
 @dataclass
 class RateLimiter:
-    """At most ``max_failures`` failed attempts per peer host in a sliding window."""
+    """At most ``max_failures`` failed attempts per peer host in a sliding window.
+
+    Record-then-check: :meth:`admit` counts an attempt as failed *before* it is handled, in
+    the same lock as the check, and :meth:`succeeded` takes the mark back; so however many
+    attempts race, at most ``max_failures`` are handled per window. Blocked attempts are
+    summarised: one report when a peer's block starts, one with the count when it ends.
+    """
 
     max_failures: int = MAX_FAILURES
     window_s: float = FAILURE_WINDOW_S
     clock: Callable[[], float] = time.monotonic
     _failures: dict[str, deque[float]] = field(default_factory=dict)
+    _blocked: dict[str, _Blocked] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def blocked(self, peer: str) -> bool:
+    def admit(self, peer: str) -> tuple[bool, str | None]:
+        """``(True, None)``: handle the attempt (it counts as failed until :meth:`succeeded`).
+        ``(False, report)``: refuse it; ``report`` is a line to log, or None when this block
+        was reported already."""
         with self._lock:
-            recent = self._recent(peer)
-            return len(recent) >= self.max_failures
+            now = self.clock()
+            recent = self._recent(peer, now)
+            if len(recent) < self.max_failures:
+                recent.append(now)
+                return True, None
+            if peer in self._blocked:
+                self._blocked[peer].count += 1
+                return False, None
+            self._blocked[peer] = _Blocked(now, 1)
+            return False, (
+                f"enrollment from {peer} blocked: {self.max_failures} failed attempts within "
+                f"{self.window_s:.0f} s; further attempts are counted, not logged one by one"
+            )
 
-    def failed(self, peer: str) -> None:
+    def succeeded(self, peer: str) -> None:
         with self._lock:
-            self._recent(peer).append(self.clock())
+            recent = self._failures.get(peer)
+            if recent:
+                recent.pop()
 
-    def _recent(self, peer: str) -> deque[float]:
+    def flush(self, *, every: bool = False) -> list[str]:
+        """Reports for blocks that ended (the peer may try again), or all with ``every``."""
+        with self._lock:
+            now = self.clock()
+            reports = []
+            for peer, block in list(self._blocked.items()):
+                if every or len(self._recent(peer, now)) < self.max_failures:
+                    del self._blocked[peer]
+                    reports.append(
+                        f"enrollment from {peer}: {block.count} attempt(s) blocked in "
+                        f"{now - block.since:.0f} s"
+                    )
+            for peer in [p for p, q in self._failures.items() if not q]:
+                del self._failures[peer]
+            return reports
+
+    def _recent(self, peer: str, now: float) -> deque[float]:
         recent = self._failures.setdefault(peer, deque())
-        while recent and recent[0] <= self.clock() - self.window_s:
+        while recent and recent[0] <= now - self.window_s:
             recent.popleft()
         return recent
 
@@ -87,29 +130,19 @@ class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
         self, request: enroll_pb2.EnrollRequest, context: grpc.ServicerContext
     ) -> enroll_pb2.EnrollResponse:
         peer = peer_host(context.peer())
-        if self.limiter.blocked(peer):
-            self.registry.log(peer=peer, name=None, outcome="refused", reason="rate limited")
-            log.warning("enrollment from %s refused: too many failed attempts", peer)
+        self.report(self.limiter.flush())
+        admitted, note = self.limiter.admit(peer)
+        if not admitted:
+            self.report([note] if note else [])
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many failed attempts from this address: wait {FAILURE_WINDOW_S:.0f} s",
             )
-        try:
-            load_node_public_key(request.public_key)
-            record = self.registry.enroll(
-                token_id=request.token_id,
-                secret=request.token_secret,
-                public_key=request.public_key.strip(),
-                fingerprint=key_fingerprint(request.public_key),
-                peer=peer,
-                register=self.register,
-            )
-        except (Refused, ValueError) as err:
-            self.limiter.failed(peer)
-            log.warning("enrollment from %s refused: %s", peer, err)
-            if not isinstance(err, Refused):
-                self.registry.log(peer=peer, name=None, outcome="refused", reason=str(err))
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+        record, code, message = self._handle(request, peer)
+        if record is None:
+            context.abort(code, message)
+            raise AssertionError("unreachable: abort raises")
+        self.limiter.succeeded(peer)
         log.info("enrolled %s (%s) from %s", record.name, record.fingerprint, peer)
         return enroll_pb2.EnrollResponse(
             node_name=record.name,
@@ -117,6 +150,47 @@ class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
             ca_certificate=self.ca_pem,
             superlink_address=self.superlink_address,
         )
+
+    def _handle(
+        self, request: enroll_pb2.EnrollRequest, peer: str
+    ) -> tuple[NodeRecord | None, grpc.StatusCode, str]:
+        """Enroll, or say why not; every outcome is in the audit trail (``events``)."""
+        try:
+            if max(len(request.token_id), len(request.token_secret)) > MAX_TOKEN_FIELD:
+                raise ValueError("the token is damaged (a field is too long): paste it again")
+            key = parse_node_key(request.public_key)
+            record = self.registry.enroll(
+                token_id=request.token_id,
+                secret=request.token_secret,
+                public_key=key.openssh,
+                fingerprint=key.fingerprint,
+                peer=peer,
+                register=self.register,
+            )
+            return record, grpc.StatusCode.OK, ""
+        except (Refused, ValueError) as err:  # Refused: the registry audited it already
+            log.warning("enrollment from %s refused: %s", peer, err)
+            if not isinstance(err, Refused):
+                self.registry.log(peer=peer, name=None, outcome="refused", reason=str(err))
+            return None, grpc.StatusCode.PERMISSION_DENIED, str(err)
+        except Exception as err:  # a bug or a broken disk: audited, answered, still counted
+            reason = f"{type(err).__name__}: {str(err)[:200]}"
+            log.exception("enrollment from %s failed: %s", peer, reason)
+            self.registry.log(peer=peer, name=None, outcome="error", reason=reason)
+            return (
+                None,
+                grpc.StatusCode.INTERNAL,
+                (
+                    "the enrollment service could not handle this request: ask the operator to "
+                    "look at FED/logs/enrollment.log"
+                ),
+            )
+
+    def report(self, lines: list[str]) -> None:
+        """Log and audit limiter reports: one line per address per block."""
+        for line in lines:
+            log.warning("%s", line)
+            self.registry.log(peer="limiter", name=None, outcome="blocked", reason=line)
 
 
 def serve(
