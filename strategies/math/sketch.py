@@ -6,6 +6,7 @@ This route needs the leading ``l = k + p`` only. It works on the R × R Gram mat
 factors of ``M = B A`` (B: (out, R), A: (R, in)):
 
     G_B = BᵀB,  G_A = AAᵀ                       two symmetric rank-R updates, (out + in) R² flops
+                                                (syrk), against (out + in) R² · 4 + O(R³) for QR
     ‖M‖_F² = Σ_ij (G_B)_ij (G_A)_ij             exact: ‖BA‖² = tr(G_B G_A)
     Q = B X is orthonormal  ⟺  Xᵀ G_B X = I     X: (R, l) coefficients of a left subspace
     M Mᵀ (B X) = B (G_A G_B X)                   one step of subspace iteration costs O(R² l)
@@ -80,7 +81,9 @@ def gram_leading(
     Returns
     -------
     Leading or None
-        ``None`` when ``‖BA‖_F²`` is not resolved above the Gram's rounding floor at all.
+        ``Q`` (out, l') orthonormal, ``C = Qᵀ M`` (l', in) with its left singular vectors and
+        values, ``‖BA‖_F²`` and the Gram's rounding floor on it; ``None`` when ``‖BA‖_F²`` is
+        not resolved above that floor at all.
     """
     g_b = b.T @ b  # (R, R)
     g_a = a @ a.T  # (R, R)
@@ -90,42 +93,60 @@ def gram_leading(
     if energy <= RESOLVE * floor:
         return None
     omega = np.random.default_rng(seed).standard_normal((a.shape[1], width))  # (in, l)
-    x = _orthonormal(a @ omega, metric=g_b)  # (R, l): Y = M Ω = B x
+    x = a @ omega  # (R, l): Y = M Ω = B x
     captured = 0.0
-    for _ in range(max_iters):
-        z = g_b @ x  # (R, l)
-        w = g_a @ z  # (R, l): M Mᵀ (B x) = B w
-        ritz = np.linalg.eigvalsh(_sym(z.T @ w))[::-1]  # s² of Qᵀ M for Q = B x
-        now = float(np.sum(ritz[:rank]))
-        x = _orthonormal(w, metric=g_b)
+    for _ in range(max_iters):  # half steps, each orthonormalised: conditioning s, not s^2
+        x, z, _ = _orthonormal(x, g_b)  # Q = B x orthonormal; z = G_B x: Mᵀ Q = Aᵀ z
+        z, x, ritz = _orthonormal(z, g_a)  # x = G_A z: M (Aᵀ z) = B x; ritz: s² of Qᵀ M
+        now = float(np.sum(ritz[::-1][:rank]))  # the energy the top k of Q capture
         if now - captured <= SETTLED * max(energy - now, 0.0):
             break
         captured = now
     del g_a, g_b
-    q = _orthonormal(_orthonormal(b @ x))  # (out, l'): the true metric, twice (CholeskyQR2)
+    q = _euclidean(b @ x)  # (out, l'): exactly orthonormal in the true metric, not the Gram's
     c = (q.T @ b) @ a  # (l', R) @ (R, in) -> (l', in) = Qᵀ M
     lam, u = np.linalg.eigh(_sym(c @ c.T))  # ascending
     s = np.sqrt(np.clip(lam[::-1], 0.0, None))
     return Leading(q, u[:, ::-1], s, c, energy, floor)
 
 
-def _orthonormal(y: F64, *, metric: F64 | None = None) -> F64:
-    """Columns spanning ``y``'s range, orthonormal in ``⟨u, v⟩ = uᵀ G v`` (G: metric or I).
+def _orthonormal(y: F64, metric: F64) -> tuple[F64, F64, F64]:
+    """``(y T, G y T, λ)`` with ``(y T)ᵀ G (y T) ≈ I``: ``y``'s range orthonormal in metric G.
 
-    Eigen-decomposition of the small l × l Gram (a rank-revealing Cholesky-QR): directions whose
-    squared length falls below ``1e3 · l · u`` of the largest are dropped instead of amplified.
-    In a metric, a Householder QR levels the columns first, so that only the metric's own
-    conditioning (not the s² of a power step) counts against that threshold.
+    Shifted Cholesky-QR (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa, "Shifted Cholesky
+    QR for computing the QR factorization of ill-conditioned matrices", SIAM J. Sci. Comput.
+    42(1), 2020): ``yᵀ G y + σ I = L Lᵀ``, ``T = L⁻ᵀ``, with ``σ`` at ``10 · l · u`` of the trace,
+    so nearly dependent directions are damped instead of amplified, and it never fails. Enough
+    inside the iteration; the final basis is made exactly orthonormal by :func:`_euclidean`.
+    ``λ``: the eigenvalues of ``yᵀ G y``, ascending.
     """
-    if metric is not None:  # power steps scale directions by s^2: first level them (Householder)
-        y = np.linalg.qr(y)[0]  # (n, l)
-    h = y.T @ (y if metric is None else metric @ y)  # (l, l)
-    lam, v = np.linalg.eigh(_sym(h))
+    g_y = metric @ y  # (R, l)
+    h = _sym(y.T @ g_y)  # (l, l)
+    t = _shifted_cholesky_inverse(h)  # (l, l) upper triangular, or (l, 0)
+    ritz = np.linalg.eigvalsh(h).astype(np.float64, copy=False)
+    return y @ t, g_y @ t, ritz
+
+
+def _euclidean(y: F64) -> F64:
+    """``y``'s range with orthonormal columns: a shifted Cholesky-QR pass to level the columns,
+    then one through ``eigh`` that drops what is numerically dependent (rank-revealing)."""
+    y = y @ _shifted_cholesky_inverse(_sym(y.T @ y))  # (n, l) levelled
+    lam, v = np.linalg.eigh(_sym(y.T @ y))
     if lam.size == 0 or lam[-1] <= 0:
         return y[:, :0]
-    keep = lam > lam[-1] * EPS * 1e3 * y.shape[1]
+    keep = lam > lam[-1] * EPS * 10 * y.shape[1]
     basis: F64 = y @ (v[:, keep] / np.sqrt(lam[keep]))  # (n, l')
     return basis
+
+
+def _shifted_cholesky_inverse(h: F64) -> F64:
+    """``L⁻ᵀ`` for ``h + σ I = L Lᵀ``, ``σ = 10 · l · u · tr(h)``; (l, 0) when ``h`` is zero."""
+    size = float(np.trace(h))
+    if not size > 0:
+        return np.zeros((h.shape[0], 0))
+    low = np.linalg.cholesky(h + (EPS * 10 * h.shape[0] * size) * np.eye(h.shape[0]))
+    inverse: F64 = np.linalg.inv(low).T
+    return inverse
 
 
 def _sym(h: F64) -> F64:
