@@ -92,9 +92,26 @@ def recompress(
     """Recompress ``B @ A`` (A: (R, in), B: (out, R)) to rank <= ``max_rank``.
 
     Exact (QR + small SVD) when the cap keeps every direction; through Gram matrices and
-    randomized subspace iteration (``seed``: its Gaussian test matrix) when ``max_rank + p < R``
-    and ``R < min(out, in)``, unless the dropped energy is too small for a Gram to resolve, where
-    it falls back to the exact route. ``method`` on the result says which route ran.
+    randomized subspace iteration when ``max_rank + p < R < min(out, in)``, unless the dropped
+    energy is too small for a Gram to resolve, where it falls back to the exact route.
+
+    Parameters
+    ----------
+    a, b
+        The stacked factors, A (R, in) and B (out, R).
+    max_rank
+        The cap ``k`` (None: keep every numerically nonzero direction).
+    tol
+        Keep only as many directions as a relative Frobenius error of ``tol`` needs (0: off).
+    seed
+        Seed of the Gram route's Gaussian test matrix: equal inputs give equal factors.
+
+    Returns
+    -------
+    Recompressed
+        ``B' (out, k)``, ``A' (k, in)`` with balanced norms and ``B'A'`` the best rank-k
+        approximation (exact route) or within a fraction of a percent of it (``"gram"``); the
+        error ``||BA - B'A'||_F`` and ``||BA||_F`` exactly, and ``method``: the route that ran.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -106,11 +123,14 @@ def recompress(
         found = _gram_recompress(a, b, max_rank=max_rank, tol=tol, seed=seed)
         if found is not None:
             return found
-    return _qr_recompress(a, b, max_rank=max_rank, tol=tol)
+    return recompress_exact(a, b, max_rank=max_rank, tol=tol)
 
 
-def _qr_recompress(a: F64, b: F64, *, max_rank: int | None, tol: float) -> Recompressed:
-    """The exact route: QR of B and of Aᵀ, SVD of the small core."""
+def recompress_exact(a: F64, b: F64, *, max_rank: int | None, tol: float) -> Recompressed:
+    """The exact route: QR of B and of Aᵀ, SVD of the small (m, n) core (see the module).
+
+    Parameters and result as :func:`recompress`; ``singular_values`` holds all of them.
+    """
     out_dim, in_dim = b.shape[0], a.shape[1]
     if a.shape[0] == 0:
         empty = np.zeros(0)

@@ -128,14 +128,19 @@ def _orthonormal(y: F64, metric: F64) -> tuple[F64, F64, F64]:
 
 
 def _euclidean(y: F64) -> F64:
-    """``y``'s range with orthonormal columns: a shifted Cholesky-QR pass to level the columns,
-    then one through ``eigh`` that drops what is numerically dependent (rank-revealing)."""
+    """``y``'s range with orthonormal columns: shifted Cholesky-QR levels the columns, then
+    plain Cholesky-QR makes them orthonormal (CholeskyQR2); where the levelled columns are still
+    numerically dependent, an eigen-decomposition drops those directions (rank-revealing)."""
     y = y @ _shifted_cholesky_inverse(_sym(y.T @ y))  # (n, l) levelled
-    lam, v = np.linalg.eigh(_sym(y.T @ y))
+    h = _sym(y.T @ y)  # (l, l), close to I unless y was rank deficient
+    if h.size and float(np.linalg.eigvalsh(h)[0]) > 0.1:  # cond(h) < 10: Cholesky is exact
+        basis: F64 = y @ np.linalg.inv(np.linalg.cholesky(h)).T
+        return basis
+    lam, v = np.linalg.eigh(h)
     if lam.size == 0 or lam[-1] <= 0:
         return y[:, :0]
     keep = lam > lam[-1] * EPS * 10 * y.shape[1]
-    basis: F64 = y @ (v[:, keep] / np.sqrt(lam[keep]))  # (n, l')
+    basis = y @ (v[:, keep] / np.sqrt(lam[keep]))  # (n, l')
     return basis
 
 
