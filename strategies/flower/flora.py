@@ -12,8 +12,7 @@ from flwr.common import log
 
 from strategies.flower.base import GlobalAdapter, LoraStrategy
 from strategies.flower.replies import ClientUpdate, example_weights
-from strategies.math.flora import stack
-from strategies.math.lowrank import accumulate
+from strategies.math.lowrank import accumulate_updates
 
 
 class FLoRA(LoraStrategy):
@@ -24,12 +23,11 @@ class FLoRA(LoraStrategy):
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
-        stacked = stack([u.factors for u in updates], example_weights(updates))
-        eta = self.options.server_lr  # append η·Σ p_i s_i B_i A_i: exact, scales the stacked A
-        stacked = {m: (a, b, eta * s) for m, (a, b, s) in stacked.items()}
-        result = accumulate(
+        result = accumulate_updates(  # append η·Σ p_i s_i B_i A_i, one module at a time
             global_adapter,
-            stacked,
+            [u.factors for u in updates],
+            example_weights(updates),
+            scale=self.options.server_lr,
             max_rank=self.options.max_global_rank,
             tol=self.options.recompress_tol,
         )

@@ -7,9 +7,11 @@ Resources", NeurIPS 2024, Sec. 3 (Eq. 3-4):
     ΔW = U Σ Vᵀ,   node i gets  B = U_r √Σ_r / s_i,  A = √Σ_r V_rᵀ    with r = r_i
 
 The paper forms ΔW densely per module. Here it stays factored: the products are stacked exactly
-as in FLoRA (rank Σ r_i) and recompressed by QR + small SVD (strategies/math/lowrank.py), whose
-factors come out in descending singular-value order, so a node's first r_i components are the
-best rank-r_i approximation of ΔW (Eckart-Young) and no (out, in) matrix is formed.
+as in FLoRA (rank Σ r_i) and recompressed (strategies/math/lowrank.py: QR + small SVD, or at the
+cap Gram matrices + randomized subspace iteration), whose factors come out in descending
+singular-value order, so a node's first r_i components are the best rank-r_i approximation of
+ΔW (Eckart-Young; at the cap within a fraction of a percent of it) and no (out, in) matrix is
+formed.
 With a server learning rate η the global moves from ΔW_g towards the mean, exactly:
 
     ΔW_g ← (1 - η) ΔW_g + η Σ_i w_i s_i B_i A_i
@@ -20,8 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from strategies.math.factors import Factors, LowRank
-from strategies.math.flora import stack
-from strategies.math.lowrank import Accumulated, accumulate
+from strategies.math.lowrank import Accumulated, accumulate_updates
 
 
 def flexlora_average(
@@ -38,9 +39,8 @@ def flexlora_average(
     ``previous`` is the global adapter the nodes started from; it only matters when
     ``server_lr`` is not 1 (the mean of the products replaces it otherwise).
     """
-    stacked = stack(updates, weights)  # B_st @ A_st = Σ_i w_i s_i B_i A_i, (out, R), (R, in)
-    scaled = {m: (a, b, server_lr) for m, (a, b, _) in stacked.items()}
     kept: dict[str, LowRank] = {}
     if server_lr != 1.0:
         kept = {m: (a, (1.0 - server_lr) * b) for m, (a, b) in previous.items()}
-    return accumulate(kept, scaled, max_rank=max_rank, tol=tol)
+    # B_st @ A_st = η Σ_i w_i s_i B_i A_i (+ the kept global), stacked and recompressed per module
+    return accumulate_updates(kept, updates, weights, scale=server_lr, max_rank=max_rank, tol=tol)

@@ -125,3 +125,24 @@ def test_flexlora_server_lr_moves_the_global_towards_the_mean_exactly() -> None:
     result = flexlora_average(updates, weights, previous=previous, server_lr=1.5)
     expected = -0.5 * _product(previous) + 1.5 * _dense(updates, weights)
     np.testing.assert_allclose(_product(result.adapter), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [2, 4, 8])
+def test_flexlora_at_the_cap_node_factors_are_within_one_percent_of_the_best(rank: int) -> None:
+    # 14 nodes of ranks 3..6 stack to R = 63 >= 2 (8 + 16): the Gram route runs at cap 8
+    rng = np.random.default_rng(6)
+    updates = [
+        {"m": (rng.normal(size=(r, 90)), rng.normal(size=(80, r)), 16 / r)}
+        for r in [3, 4, 5, 6] * 3 + [4, 5]
+    ]
+    weights = list(rng.dirichlet(np.ones(len(updates))))
+    result = flexlora_average(updates, weights, previous={}, max_rank=8)
+    assert result.reports["m"].method == "gram"
+    dense = _dense(updates, weights)  # float64 reference
+    s = np.linalg.svd(dense, compute_uv=False)
+    optimal = np.sqrt(np.sum(s[rank:] ** 2))  # Eckart-Young
+    node = truncate(result.adapter, rank)
+    assert np.linalg.norm(_product(node) - dense) <= 1.01 * optimal
+    assert result.relative_error == pytest.approx(
+        np.linalg.norm(_product(result.adapter) - dense) / np.linalg.norm(dense), rel=1e-6
+    )
