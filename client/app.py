@@ -164,10 +164,13 @@ def _train_reply(
         p.TRAIN_SECONDS: result.seconds,
         **dp_metrics,
     }
-    adapter = {p.RANK: settings.lora_rank, p.ALPHA: settings.lora_alpha,
-               p.NODE_NAME: settings.name,  # which global adapter this reply was trained on:
-               p.GLOBAL_FINGERPRINT: str(msg.content.config_records[p.CONFIG].get(
-                   p.GLOBAL_FINGERPRINT, ""))}  # fmt: skip
+    echo = msg.content.config_records[p.CONFIG].get(p.GLOBAL_FINGERPRINT, "")
+    adapter = {
+        p.RANK: settings.lora_rank,
+        p.ALPHA: settings.lora_alpha,
+        p.NODE_NAME: settings.name,
+        p.GLOBAL_FINGERPRINT: str(echo),  # which global adapter this reply was trained on
+    }
     select(mode, p.ARRAYS, {LORA_FACTORS: factors})  # the table lists the factors for every mode
     return RecordDict(
         {

@@ -50,7 +50,7 @@ from common.config import DEFAULT_RUN_CONFIG, Config, SettingsError
 from strategies import protocol as p
 from strategies.math.factors import B_SUFFIX
 
-# Noise multiplier of the record-count release (sensitivity 1): RDP α/800, about 0.01 to 0.03
+# Noise multiplier of the record-count release (sensitivity 1): RDP α/800, about 0.003 to 0.006
 # added to a typical DP-SGD ε; ñ is within ±40 of n with 95 % probability.
 COUNT_NOISE_MULTIPLIER = 20.0
 
