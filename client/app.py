@@ -11,16 +11,19 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from numpy.typing import NDArray
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from client.data.records import load_node_texts
 from client.model import cache as base_cache
 from client.model.loading import pick_device, pick_dtype
 from client.model.node_mode import NodeMode, start_lora
-from client.privacy.ledger import LedgerError
+from client.privacy.ledger import Ledger, LedgerError
+from client.privacy.releases import LORA_FACTORS, select
 from client.privacy.round import (
     BudgetExceededError,
     PrivacyRound,
@@ -29,8 +32,9 @@ from client.privacy.round import (
     reply_fields,
     train_private,
 )
+from client.privacy.settings import PrivacyMode
 from client.settings import NodeSettings, TrainConfig, node_settings
-from client.training import encode, evaluate_loss
+from client.training import TrainResult, encode, evaluate_loss
 from common.config import SettingsError
 from strategies import protocol as p
 
@@ -130,26 +134,51 @@ def run_train(msg: Message, context: Context) -> RecordDict:
     rows = encode(train_texts, job.tokenizer, max_length=config.max_length)
     pad_id = job.tokenizer.pad_token_id
     result, factors = train_private(plan, peft_model, rows, config, pad_id=pad_id, seed=seed)
-    ledger = commit(plan, server_round=config.server_round) if plan else None
-    dp_metrics, dp_config = reply_fields(plan.settings.mode if plan else "none", ledger)
-    metrics = MetricRecord(
-        {
-            p.NUM_EXAMPLES: result.num_examples,
-            p.TRAIN_LOSS: result.loss_mean,
-            p.TRAIN_LOSS_FIRST: result.loss_first,
-            p.TRAIN_SECONDS: result.seconds,
-            **dp_metrics,
-        }
-    )
-    adapter = ConfigRecord(
-        {p.RANK: settings.lora_rank, p.ALPHA: settings.lora_alpha, p.NODE_NAME: settings.name}
-    )
+    ledger = commit(plan) if plan else None  # the release was reserved before training
+    return _train_reply(plan.settings.mode if plan else "none", result, factors, ledger=ledger,
+                        config=config, msg=msg, settings=settings)  # fmt: skip
+
+
+def _train_reply(
+    mode: PrivacyMode,
+    result: TrainResult,
+    factors: dict[str, NDArray[np.float32]],
+    *,
+    ledger: Ledger | None,
+    config: TrainConfig,
+    msg: Message,
+    settings: NodeSettings,
+) -> RecordDict:
+    """Every record through the mode's table (client/privacy/releases.py): nothing else leaves."""
+    dp_metrics, dp_config = reply_fields(mode, ledger)
+    if mode == "dp-sgd":  # ñ, the noised record count, never n itself
+        examples = ledger.noised_count if ledger is not None else None
+    elif mode == "dp-lora":  # public: the instruction's planned work
+        examples = config.batch_size * config.local_steps
+    else:
+        examples = result.num_examples
+    metrics = {
+        p.NUM_EXAMPLES: examples,
+        p.TRAIN_LOSS: result.loss_mean,
+        p.TRAIN_LOSS_FIRST: result.loss_first,
+        p.TRAIN_SECONDS: result.seconds,
+        **dp_metrics,
+    }
     echo = msg.content.config_records[p.CONFIG].get(p.GLOBAL_FINGERPRINT, "")
-    adapter[p.GLOBAL_FINGERPRINT] = str(echo)  # which global adapter this reply was trained on
-    arrays = p.to_record(factors)
-    privacy = ConfigRecord(dp_config)
+    adapter = {
+        p.RANK: settings.lora_rank,
+        p.ALPHA: settings.lora_alpha,
+        p.NODE_NAME: settings.name,
+        p.GLOBAL_FINGERPRINT: str(echo),  # which global adapter this reply was trained on
+    }
+    select(mode, p.ARRAYS, {LORA_FACTORS: factors})  # the table lists the factors for every mode
     return RecordDict(
-        {p.ARRAYS: arrays, p.METRICS: metrics, p.ADAPTER: adapter, p.PRIVACY: privacy}
+        {
+            p.ARRAYS: p.to_record(factors),
+            p.METRICS: MetricRecord(select(mode, p.METRICS, metrics)),
+            p.ADAPTER: ConfigRecord(select(mode, p.ADAPTER, adapter)),
+            p.PRIVACY: ConfigRecord(select(mode, p.PRIVACY, dp_config)),
+        }
     )
 
 

@@ -2,10 +2,9 @@
 
 Train instruction: ``arrays`` (the global adapter, fp32, peft key names; empty in round 1) and
 ``config`` (local training hyper-parameters). Train reply: ``arrays`` (only the node's LoRA
-factors), ``metrics`` (``num-examples``, losses) and ``adapter`` (rank, alpha, node name, and
-the instruction's ``global-fingerprint`` echoed back).
+factors), ``metrics`` (``num-examples``; losses and time only without DP) and ``adapter`` (rank,
+alpha, node name, and the instruction's ``global-fingerprint`` echoed back).
 Evaluate reply: ``metrics`` (``eval-loss``, ``num-examples``) and ``adapter`` (node name).
-Metrics in replies are outside any privacy guarantee.
 """
 
 from __future__ import annotations
@@ -26,11 +25,14 @@ TRAIN_LOSS = "train-loss"
 TRAIN_LOSS_FIRST = "train-loss-first"
 TRAIN_SECONDS = "train-seconds"
 # Privacy figures in a train reply (client/privacy/round.py): in `metrics` the node's cumulative
-# ledger (ε at δ, this round's σ and q, steps so far); in the `privacy` config record its mode
-# and, once σ or q has changed, the whole history flattened as [σ, q, steps, σ, q, steps, ...].
+# ledger (ε per record at δ, ε per institution where the data set has that guarantee, this
+# round's σ and q, steps so far); in the `privacy` config record its mode and, once σ or q has
+# changed, the whole history flattened as [σ, q, steps, σ, q, steps, ...]. What a reply carries
+# per mode: client/privacy/releases.py (docs/privacy-releases.md).
 PRIVACY = "privacy"
 DP_MODE = "dp-mode"
-DP_EPSILON = "dp-epsilon"
+DP_EPSILON_RECORD = "dp-epsilon-record"
+DP_EPSILON_INSTITUTION = "dp-epsilon-institution"
 DP_DELTA = "dp-delta"
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
 DP_SAMPLE_RATE = "dp-sample-rate"

@@ -17,11 +17,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 Arrays = Mapping[str, NDArray[np.floating]]
+
+
+class NormalSource(Protocol):
+    """Where Gaussian draws come from: numpy's ``Generator`` (tests) or the node's
+    ``SecureRandom`` (client/privacy/noise.py)."""
+
+    def normal(
+        self, loc: float = ..., scale: float = ..., size: tuple[int, ...] = ...
+    ) -> NDArray[np.float64]: ...
+
+
 # Replace-one of a node's whole data set moves a clipped release by at most 2C.
 SENSITIVITY_PER_CLIP = 2.0
 
@@ -41,14 +53,14 @@ def clip_total_norm(arrays: Arrays, *, max_norm: float) -> dict[str, NDArray[np.
 
 
 def gaussian_noise(
-    arrays: Arrays, *, std: float, rng: np.random.Generator
+    arrays: Arrays, *, std: float, rng: NormalSource
 ) -> dict[str, NDArray[np.float64]]:
     """Each array plus independent N(0, std²) entries (keys in sorted order, for repeatability)."""
     return {k: arrays[k] + rng.normal(0.0, std, size=arrays[k].shape) for k in sorted(arrays)}
 
 
 def dp_lora_release(
-    b_factors: Arrays, *, clip_norm: float, noise_multiplier: float, rng: np.random.Generator
+    b_factors: Arrays, *, clip_norm: float, noise_multiplier: float, rng: NormalSource
 ) -> tuple[dict[str, NDArray[np.float32]], float]:
     """Clip the B factors jointly to ``clip_norm``, add N(0, (σ·2C)²); return them (fp32) and
     the norm before clipping (which stays on the node)."""

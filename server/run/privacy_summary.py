@@ -1,8 +1,13 @@
-"""What the end-of-run summary says about privacy: each node's ε, and why a node stopped."""
+"""What the end-of-run summary says about privacy: each node's ε, and why a node stopped.
+
+Two guarantees, each with its unit: ε per record (every release of the node's data set) and ε
+per institution (its whole data set; only where the node reports one). A node that reports no
+per-institution figure has no such guarantee, and the column says so.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 PRIVATE_MODES = ("dp-sgd", "dp-lora")
@@ -20,14 +25,28 @@ def epsilon_column(records: Sequence[dict[str, Any]]) -> dict[str, str]:
         return {}
     column = {}
     for name, entry in latest.items():
-        eps = entry.get("dp_epsilon")
         if entry["dp_mode"] not in PRIVATE_MODES:
             column[name] = f"none ({entry['dp_mode']})"
-        elif eps is None:
-            column[name] = f"? ({entry['dp_mode']})"
         else:
-            column[name] = f"{eps:.3f} ({entry['dp_mode']}, δ={entry.get('dp_delta', 0):g})"
+            column[name] = _guarantees(entry) + f" (δ={entry.get('dp_delta', 0):g})"
     return column
+
+
+def _guarantees(entry: Mapping[str, Any]) -> str:
+    record, institution = entry.get("dp_epsilon_record"), entry.get("dp_epsilon_institution")
+    per_record = "?" if record is None else f"{record:.3f}"
+    per_institution = "—" if institution is None else f"{institution:.3f}"
+    return f"{per_record} per record, {per_institution} per institution"
+
+
+def epsilon_note(metrics: Mapping[str, Any]) -> str:
+    """ ", ε 1.234 per record[, 0.567 per institution]" for one train reply's metrics, or ""."""
+    record = metrics.get("dp-epsilon-record")
+    if not isinstance(record, float):
+        return ""
+    institution = metrics.get("dp-epsilon-institution")
+    tail = f", {institution:.3f} per institution" if isinstance(institution, float) else ""
+    return f", ε {record:.3f} per record{tail}"
 
 
 def decline_notes(records: Sequence[dict[str, Any]]) -> list[str]:

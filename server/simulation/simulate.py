@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from common.config import DEFAULT_RUN_CONFIG, ConfigValue, SettingsError
 from server.report.html import write_report
 from server.run.checkpoint import saved_run_config
 from server.run.federation import RunOutcome, run_federation
+from server.run.privacy_summary import epsilon_note
 from server.run.settings import server_settings
 from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
@@ -94,10 +94,11 @@ def _progress(echo: Callable[[str], None]) -> Callable[[Message, Message], None]
         adapter: Mapping[str, Any] = reply.content.config_records.get(p.ADAPTER, {})
         metrics: Mapping[str, Any] = reply.content.metric_records.get(p.METRICS, {})
         name, rank = adapter.get(p.NODE_NAME, "?"), adapter.get(p.RANK, "?")
-        loss, seconds = metrics.get(p.TRAIN_LOSS, math.nan), metrics.get(p.TRAIN_SECONDS, math.nan)
-        eps = metrics.get(p.DP_EPSILON)
-        spent = f", ε {eps:.3f}" if isinstance(eps, float) else ""
-        echo(f"[fedlora]   {name!s}: rank {rank!s}, train loss {loss:.3f}, {seconds:.1f} s{spent}")
+        loss, seconds = metrics.get(p.TRAIN_LOSS), metrics.get(p.TRAIN_SECONDS)
+        shown = f"{loss:.3f}" if isinstance(loss, float) else "—"  # absent under DP modes
+        took = f", {seconds:.1f} s" if isinstance(seconds, float) else ""
+        spent = epsilon_note(metrics)
+        echo(f"[fedlora]   {name!s}: rank {rank!s}, train loss {shown}{took}{spent}")
 
     return on_reply
 

@@ -1,8 +1,9 @@
 """The privacy figures each node reports with its train reply, recorded per node per round.
 
 The node's ledger is the authority (client/privacy/ledger.py); the server only records what the node
-claims — cumulative ε at δ, this round's σ and q, steps so far, the mode, and the (σ, q, steps)
-history once σ or q changed — so that ``metrics.jsonl`` and the summary show it.
+claims — cumulative ε per record and, where the data set has that guarantee, per institution
+(each at δ), this round's σ and q, steps so far, the mode, and the (σ, q, steps) history once σ
+or q changed — so that ``metrics.jsonl`` and the summary show it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from strategies import protocol as p
 from strategies.flower.report import RoundReport
 
 _NUMBERS = {
-    p.DP_EPSILON: "dp_epsilon",
+    p.DP_EPSILON_RECORD: "dp_epsilon_record",
+    p.DP_EPSILON_INSTITUTION: "dp_epsilon_institution",
     p.DP_DELTA: "dp_delta",
     p.DP_NOISE_MULTIPLIER: "dp_noise_multiplier",
     p.DP_SAMPLE_RATE: "dp_sample_rate",

@@ -17,10 +17,11 @@ class NodeRound:
     bytes_down: int = 0
     rejected: str | None = None
     # The node's privacy ledger as it reported it (strategies/flower/privacy_report.py):
-    # cumulative ε at δ, this round's σ and q, steps so far,
-    # and the (σ, q, steps) history once σ or q changed.
+    # cumulative ε per record and (where the data set has one) per institution at δ, this
+    # round's σ and q, steps so far, and the (σ, q, steps) history once σ or q changed.
     dp_mode: str | None = None
-    dp_epsilon: float | None = None
+    dp_epsilon_record: float | None = None
+    dp_epsilon_institution: float | None = None
     dp_delta: float | None = None
     dp_noise_multiplier: float | None = None
     dp_sample_rate: float | None = None

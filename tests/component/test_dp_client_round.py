@@ -1,5 +1,6 @@
-"""A node's private round on the embedded model: DP-SGD really trains, DP-LoRA releases a public
-A and a noised B, the ledger carries over a restart, the budget guard declines before training."""
+"""A node's private round on the embedded model: DP-SGD really trains (also with activation
+checkpointing), DP-LoRA releases a public A and a noised B, the ledger carries over a restart and
+a crash, the budget guard declines before training, and a reply carries exactly the table's keys."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from client.app import app as client_app
 from client.data.synth import synth_partition
 from client.model.loading import attach_lora, load_base, pick_device
 from client.privacy.dp_sgd import sequence_losses, train_dp_sgd
-from client.privacy.ledger import LEDGER_FILE, epsilon_of
+from client.privacy.ledger import LEDGER_FILE, Ledger, epsilon_of, load_ledger
+from client.privacy.releases import reply_keys
+from client.privacy.round import COUNT_NOISE_MULTIPLIER
 from client.settings import TrainConfig
 from client.training import collate, encode
 from strategies import protocol as p
@@ -80,13 +83,16 @@ def _train(
     state: Path,
     server_round: int,
     run_privacy: dict[str, object] | None = None,
+    *,
+    steps: int = STEPS,
+    batch: int = BATCH,
     **node: object,
 ) -> Message:
     """One train instruction to a fresh Context, as a restarted node process would see it."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    config = TrainConfig(local_steps=STEPS, batch_size=BATCH, max_length=48,
+    config = TrainConfig(local_steps=steps, batch_size=batch, max_length=48,
                          server_round=server_round)  # fmt: skip
     content = RecordDict({p.ARRAYS: p.to_record({}), p.CONFIG: ConfigRecord(config.to_config())})
     msg = Message(content, dst_node_id=7, message_type="train", group_id=str(server_round))
@@ -108,14 +114,21 @@ def test_dp_sgd_epsilon_continues_across_a_restart_and_equals_opacus(
     second = _train(embedded_dir, tmp_path, 2)
     assert not first.has_error() and not second.has_error()
     metrics = second.content.metric_records[p.METRICS]
-    q = BATCH / EXAMPLES
-    assert metrics[p.DP_STEPS] == 2 * STEPS and metrics[p.DP_SAMPLE_RATE] == q
-    expected = epsilon_of([(1.0, q, 2 * STEPS)], delta=1e-5)
-    assert metrics[p.DP_EPSILON] == pytest.approx(expected, abs=1e-3)
-    assert metrics[p.DP_EPSILON] > first.content.metric_records[p.METRICS][p.DP_EPSILON]
-    assert second.content.config_records[p.PRIVACY][p.DP_MODE] == "dp-sgd"
     ledger = json.loads((tmp_path / LEDGER_FILE).read_text())
-    assert [r["server_round"] for r in ledger["releases"]] == [1, 2]
+    noised = ledger["noised_count"]  # ñ: drawn once, reused, the only size that leaves
+    q = min(1.0, BATCH / noised)
+    assert (
+        metrics[p.NUM_EXAMPLES] == noised == first.content.metric_records[p.METRICS][p.NUM_EXAMPLES]
+    )
+    assert metrics[p.DP_STEPS] == 2 * STEPS and metrics[p.DP_SAMPLE_RATE] == q
+    expected = epsilon_of([(COUNT_NOISE_MULTIPLIER, 1.0, 1), (1.0, q, 2 * STEPS)], delta=1e-5)
+    assert metrics[p.DP_EPSILON_RECORD] == pytest.approx(expected, abs=1e-3)
+    assert (
+        metrics[p.DP_EPSILON_RECORD] > first.content.metric_records[p.METRICS][p.DP_EPSILON_RECORD]
+    )
+    assert second.content.config_records[p.PRIVACY][p.DP_MODE] == "dp-sgd"
+    assert [r["server_round"] for r in ledger["releases"]] == [0, 1, 2]
+    assert [r["status"] for r in ledger["releases"]] == ["confirmed"] * 3
 
 
 def test_budget_guard_declines_before_training_and_writes_nothing(
@@ -124,7 +137,8 @@ def test_budget_guard_declines_before_training_and_writes_nothing(
     reply = _train(embedded_dir, tmp_path, 1, **{"dp-max-epsilon": 0.5})
     assert reply.has_error() and reply.error.code == ERROR_PRIVACY
     assert "privacy budget" in reply.error.reason and "`dp-max-epsilon` = 0.5" in reply.error.reason
-    assert not (tmp_path / LEDGER_FILE).exists()
+    ledger = json.loads((tmp_path / LEDGER_FILE).read_text())  # only ñ, which the decline used
+    assert [r["mode"] for r in ledger["releases"]] == ["count"]
 
 
 def test_a_damaged_ledger_is_an_error_reply_and_stays_as_it_was(
@@ -158,7 +172,10 @@ def test_dp_lora_releases_the_public_a_and_a_clipped_noised_b(
     assert b.std() == pytest.approx(0.5 * 2 * 0.1, rel=0.1)  # noise σ·2C dominates ‖B‖ <= C
     metrics = replies[0].content.metric_records[p.METRICS]
     assert metrics[p.DP_SAMPLE_RATE] == 1.0 and metrics[p.DP_STEPS] == 1
-    assert metrics[p.DP_EPSILON] == pytest.approx(epsilon_of([(0.5, 1.0, 1)], delta=1e-5))
+    one = epsilon_of([(0.5, 1.0, 1)], delta=1e-5)
+    assert metrics[p.DP_EPSILON_RECORD] == pytest.approx(one)
+    assert metrics[p.DP_EPSILON_INSTITUTION] == pytest.approx(one)
+    assert metrics[p.NUM_EXAMPLES] == BATCH * STEPS  # public: the size stays on the node
 
 
 @pytest.mark.gpu
@@ -174,3 +191,133 @@ def test_dp_sgd_on_cuda_trains_the_lora_weights_in_place(embedded_dir: Path) -> 
                  noise_multiplier=1.0, clip_norm=1.0, sample_rate=BATCH / len(rows),
                  pad_id=pad_id, seed=0)  # fmt: skip
     assert all(not torch.equal(before[n], q) for n, q in lora.items())
+
+
+@pytest.mark.parametrize("mode", ["none", "dp-sgd", "dp-lora"])
+def test_a_reply_carries_exactly_the_keys_of_the_releases_table(
+    embedded_dir: Path, tmp_path: Path, mode: str
+) -> None:
+    run = {"privacy": mode, "dp-noise-multiplier": 0.0 if mode == "none" else 1.0}
+    reply = _train(embedded_dir, tmp_path, 1, run, steps=1)
+    content = reply.content
+    assert set(content.config_records) | set(content.metric_records) | set(
+        content.array_records
+    ) == {p.METRICS, p.ADAPTER, p.PRIVACY, p.ARRAYS}
+    # optional keys, absent here: dp-sgd's data set has no per-institution guarantee (ñ is
+    # per record); one dp-lora release has no history to tell (σ and q never changed)
+    absent = {"none": set(), "dp-sgd": {p.DP_EPSILON_INSTITUTION}, "dp-lora": {p.DP_HISTORY}}
+    for record in (p.ADAPTER, p.PRIVACY):
+        assert set(content.config_records[record]) == reply_keys(mode, record) - absent[mode]
+    assert set(content.metric_records[p.METRICS]) == reply_keys(mode, p.METRICS) - absent[mode]
+    arrays = p.from_record(content.array_records[p.ARRAYS])
+    assert arrays and all(k.endswith((A_SUFFIX, B_SUFFIX)) for k in arrays)
+
+
+def test_full_batch_one_step_replies_share_no_value_computed_from_the_records(
+    embedded_dir: Path, tmp_path: Path
+) -> None:
+    """q = 1 and one step: without DP noise the first loss and the factors would repeat."""
+    runs = [_train(embedded_dir, tmp_path / run, 1, {"privacy": "dp-sgd",
+                   "dp-noise-multiplier": 10.0}, steps=1, batch=1000)
+            for run in ("a", "b")]  # fmt: skip
+    metrics = [dict(r.content.metric_records[p.METRICS]) for r in runs]
+    assert metrics[0][p.DP_SAMPLE_RATE] == 1.0 == metrics[1][p.DP_SAMPLE_RATE]
+    public = {p.DP_DELTA, p.DP_NOISE_MULTIPLIER, p.DP_SAMPLE_RATE, p.DP_STEPS}
+    noised_accounted = {p.NUM_EXAMPLES, p.DP_EPSILON_RECORD}  # ñ, and ε as a function of it
+    equal = {k for k in metrics[0] if metrics[0][k] == metrics[1].get(k)}
+    assert equal <= public | noised_accounted
+    arrays = [p.from_record(r.content.array_records[p.ARRAYS]) for r in runs]
+    for key in arrays[0]:  # the same start (seeded A, zero B): each factor carries fresh noise
+        # (entries may repeat: AdamW's first step is ±lr, the sign of the noised gradient)
+        assert not np.array_equal(arrays[0][key], arrays[1][key]), key
+
+
+def test_a_crash_after_training_before_the_reply_keeps_the_release_counted(
+    embedded_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import client.app
+
+    def crash(plan: object) -> None:
+        raise RuntimeError("the node process died here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(client.app, "commit", crash)
+        with pytest.raises(RuntimeError, match="died"):
+            _train(embedded_dir, tmp_path, 1)
+    ledger = _on_disk(tmp_path)
+    assert [(r.mode, r.status) for r in ledger.releases] == [("count", "confirmed"),
+                                                             ("dp-sgd", "planned")]  # fmt: skip
+    reply = _train(embedded_dir, tmp_path, 2)  # the restarted node counts it
+    q = min(1.0, BATCH / (ledger.noised_count or 1))
+    expected = epsilon_of([(COUNT_NOISE_MULTIPLIER, 1.0, 1), (1.0, q, 2 * STEPS)], delta=1e-5)
+    assert reply.content.metric_records[p.METRICS][p.DP_EPSILON_RECORD] == pytest.approx(
+        expected, abs=1e-3
+    )
+
+
+def _on_disk(state: Path) -> Ledger:
+    fingerprint = json.loads((state / LEDGER_FILE).read_text())["fingerprint"]
+    return load_ledger(state, fingerprint=fingerprint, delta=1e-5)
+
+
+def test_dp_sgd_then_dp_lora_on_one_data_set_reports_two_guarantees_apart(
+    embedded_dir: Path, tmp_path: Path
+) -> None:
+    from server.run.privacy_summary import epsilon_column
+    from strategies.flower.privacy_report import read_privacy
+
+    sgd = _train(embedded_dir, tmp_path, 1)
+    lora = _train(embedded_dir, tmp_path, 2, {"privacy": "dp-lora", "dp-noise-multiplier": 2.0})
+    assert not sgd.has_error() and not lora.has_error()
+    ledger = _on_disk(tmp_path)
+    q = min(1.0, BATCH / (ledger.noised_count or 1))
+    every = [(COUNT_NOISE_MULTIPLIER, 1.0, 1), (1.0, q, STEPS), (2.0, 1.0, 1)]
+    metrics = lora.content.metric_records[p.METRICS]
+    assert metrics[p.DP_EPSILON_RECORD] == pytest.approx(epsilon_of(every, delta=1e-5), abs=1e-3)
+    assert p.DP_EPSILON_INSTITUTION not in metrics  # dp-sgd left no per-institution guarantee
+    fields = read_privacy(lora)
+    column = epsilon_column([{"round": 2, "nodes": {"n": fields}}])
+    assert (
+        column["n"] == f"{metrics[p.DP_EPSILON_RECORD]:.3f} per record, — per institution (δ=1e-05)"
+    )
+    fresh = _train(embedded_dir, tmp_path / "lora-only", 1, {"privacy": "dp-lora",
+                   "dp-noise-multiplier": 2.0})  # fmt: skip
+    both = read_privacy(fresh)
+    assert both["dp_epsilon_record"] == both["dp_epsilon_institution"] > 0
+
+
+def _dp_sgd_weights(embedded_dir: Path, *, checkpointing: bool) -> dict[str, torch.Tensor]:
+    from client.model.cache import _set_checkpointing
+
+    model, _ = load_base(str(embedded_dir), device=torch.device("cpu"))
+    if checkpointing:
+        _set_checkpointing(model, enabled=True)  # as the node does (use_reentrant=False)
+    assert model.is_gradient_checkpointing == checkpointing
+    peft_model = attach_lora(model, rank=4, alpha=8, target_modules="all-linear", seed=0)
+    rows, pad_id = _rows(embedded_dir)
+    before = {n: q.detach().clone() for n, q in peft_model.named_parameters() if q.requires_grad}
+    train_dp_sgd(peft_model, rows, TrainConfig(local_steps=2, batch_size=BATCH),
+                 noise_multiplier=1.0, clip_norm=1.0, sample_rate=BATCH / len(rows),
+                 pad_id=pad_id, seed=3)  # fmt: skip
+    after = {n: q.detach().clone() for n, q in peft_model.named_parameters() if n in before}
+    assert all(not torch.equal(before[n], after[n]) for n in before)  # every LoRA weight moved
+    return after
+
+
+def test_dp_sgd_with_gradient_checkpointing_trains_a_tiny_llama_as_without(
+    embedded_dir: Path,
+) -> None:
+    """It failed on the first step ("Per sample gradient is not initialized"); now the same
+    noise and sampling give the same weights with and without checkpointing."""
+    plain = _dp_sgd_weights(embedded_dir, checkpointing=False)
+    checkpointed = _dp_sgd_weights(embedded_dir, checkpointing=True)
+    for name, weight in plain.items():
+        torch.testing.assert_close(checkpointed[name], weight, rtol=1e-4, atol=1e-5)
+
+
+def test_a_node_with_gradient_checkpointing_answers_a_dp_sgd_round(
+    embedded_dir: Path, tmp_path: Path
+) -> None:
+    reply = _train(embedded_dir, tmp_path, 1, **{"gradient-checkpointing": True})
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert reply.content.metric_records[p.METRICS][p.DP_STEPS] == STEPS

@@ -69,3 +69,48 @@ def test_delta_w_is_linear_in_the_noise() -> None:
 def test_a_non_positive_clip_is_refused() -> None:
     with pytest.raises(ValueError, match="`dp-clip-norm`"):
         clip_total_norm(_factors(1.0), max_norm=0.0)
+
+
+def test_the_secure_source_is_gaussian_keyed_and_independent_of_torch_seeds() -> None:
+    import torch
+    from scipy import stats
+
+    from client.privacy.noise import SecureRandom
+
+    draws = SecureRandom().normal(0.0, 3.0, size=(200, 100))
+    assert draws.shape == (200, 100) and draws.std() == pytest.approx(3.0, rel=0.02)
+    assert stats.kstest(draws.ravel() / 3.0, "norm").pvalue > 1e-3
+    key = bytes(range(32))
+    np.testing.assert_array_equal(
+        SecureRandom(key).normal(size=5), SecureRandom(key).normal(size=5)
+    )
+    torch.manual_seed(0)
+    first = SecureRandom().normal(size=5)
+    torch.manual_seed(0)  # a fresh 256-bit key each time: no seed anyone knows repeats it
+    assert not np.array_equal(first, SecureRandom().normal(size=5))
+    assert SecureRandom().bernoulli(100_000, 0.1).mean() == pytest.approx(0.1, abs=0.005)
+    with pytest.raises(ValueError, match="32 bytes"):
+        SecureRandom(b"short")
+
+
+def test_dp_sgd_noise_has_std_sigma_c_over_the_expected_batch() -> None:
+    """An empty Poisson batch: the step is the noise alone, N(0, (σC)²) / expected batch size."""
+    import torch
+    from opacus import GradSampleModule
+
+    from client.privacy.dp_sgd import SecureNoiseDPOptimizer
+    from client.privacy.noise import SecureRandom
+
+    layer = GradSampleModule(torch.nn.Linear(100, 100))
+    params = [q for q in layer.parameters() if q.requires_grad]
+    before = [q.detach().clone() for q in params]
+    optimizer = SecureNoiseDPOptimizer(
+        torch.optim.SGD(params, lr=1.0), noise_multiplier=2.0, max_grad_norm=0.5,
+        expected_batch_size=4.0, loss_reduction="mean", source=SecureRandom(),
+    )  # fmt: skip
+    for q in params:
+        q.grad_sample = torch.zeros((0, *q.shape))
+    optimizer.step()
+    moved = torch.cat([(b - q.detach()).ravel() for b, q in zip(before, params, strict=True)])
+    assert float(moved.std()) == pytest.approx(2.0 * 0.5 / 4.0, rel=0.03)
+    assert abs(float(moved.mean())) < 0.01

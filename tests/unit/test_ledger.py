@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
 from client.privacy.ledger import (
+    COUNT,
     LEDGER_FILE,
+    PLANNED,
     Ledger,
     LedgerError,
     Release,
@@ -135,8 +137,10 @@ def test_calibrated_noise_achieves_at_most_the_target(target: float, q: float, s
 def test_reply_fields_are_cumulative_and_carry_history_only_when_it_changed() -> None:
     steady = _ledger((1.0, 0.1, 10), (1.0, 0.1, 10))
     metrics, config = reply_fields("dp-sgd", steady)
-    assert metrics[p.DP_STEPS] == 20 and metrics[p.DP_EPSILON] == pytest.approx(steady.epsilon())
-    assert config == {p.DP_MODE: "dp-sgd"}
+    assert metrics[p.DP_STEPS] == 20 and metrics[p.DP_EPSILON_RECORD] == pytest.approx(
+        steady.epsilon()
+    )
+    assert config == {p.DP_MODE: "dp-sgd"} and p.DP_EPSILON_INSTITUTION not in metrics
     changed = _ledger((1.0, 0.1, 10), (2.0, 0.1, 10))
     _, config = reply_fields("dp-sgd", changed)
     assert config[p.DP_HISTORY] == [1.0, 0.1, 10.0, 2.0, 0.1, 10.0]
@@ -149,3 +153,65 @@ def test_an_unreachable_target_is_a_settings_error_naming_it() -> None:
     privacy = PrivacySettings(mode="dp-sgd", target_epsilon=1e-6)
     with pytest.raises(SettingsError, match="`dp-target-epsilon` is 1e-06"):
         calibrate(privacy, sample_rate=1.0, steps=1000)
+
+
+def _mixed(*modes: str) -> Ledger:
+    ledger = Ledger(fingerprint=FP, delta=1e-5)
+    for rnd, mode in enumerate(modes, start=1):
+        sigma, q, steps = (1.0, 0.1, 10) if mode == "dp-sgd" else (2.0, 1.0, 1)
+        ledger = ledger.with_release(new_release(mode, noise_multiplier=sigma, sample_rate=q,
+                                                 steps=steps, server_round=rnd))  # fmt: skip
+    return ledger
+
+
+def test_per_record_and_per_institution_guarantees_are_accounted_apart() -> None:
+    lora = _mixed("dp-lora", "dp-lora")
+    assert lora.institution_epsilon() == pytest.approx(epsilon_of([(2.0, 1.0, 2)], delta=1e-5))
+    assert lora.epsilon() == lora.institution_epsilon()  # a data-set release protects records
+    mixed = _mixed("dp-sgd", "dp-lora")
+    # per record: both releases, composed by opacus; per institution: none (dp-sgd gives none)
+    both = epsilon_of([(1.0, 0.1, 10), (2.0, 1.0, 1)], delta=1e-5)
+    assert mixed.epsilon() == pytest.approx(both)
+    assert mixed.epsilon() > _mixed("dp-sgd").epsilon()
+    assert mixed.institution_epsilon() is None and _mixed("dp-sgd").institution_epsilon() is None
+    metrics, _ = reply_fields("dp-lora", mixed)
+    assert metrics[p.DP_EPSILON_RECORD] == pytest.approx(both)
+    assert p.DP_EPSILON_INSTITUTION not in metrics
+    metrics, _ = reply_fields("dp-lora", lora)
+    assert metrics[p.DP_EPSILON_INSTITUTION] == pytest.approx(lora.institution_epsilon())
+    counted = lora.with_release(new_release(COUNT, noise_multiplier=20.0, sample_rate=1.0,
+                                            steps=1, server_round=0))  # fmt: skip
+    assert counted.institution_epsilon() is None and counted.steps == lora.steps
+
+
+def test_a_planned_release_counts_and_survives_a_restart_until_confirmed(tmp_path: Path) -> None:
+    planned = new_release("dp-sgd", noise_multiplier=1.0, sample_rate=0.1, steps=50,
+                          server_round=1, status=PLANNED)  # fmt: skip
+    ledger = _ledger((1.0, 0.1, 50)).with_release(planned)
+    save_ledger(tmp_path, ledger)
+    again = load_ledger(tmp_path, fingerprint=FP, delta=1e-5)
+    assert again.releases[-1].status == PLANNED
+    assert again.epsilon() == pytest.approx(epsilon_of([(1.0, 0.1, 100)], delta=1e-5))
+    assert again.confirmed(planned.id).releases[-1].status == "confirmed"
+    with pytest.raises(LedgerError, match="missing from the ledger"):
+        again.confirmed("not-there")
+
+
+def test_a_version_1_ledger_reads_with_every_release_confirmed(tmp_path: Path) -> None:
+    (tmp_path / LEDGER_FILE).write_text(json.dumps({
+        "format": "fedlora-privacy-ledger", "version": 1, "delta": 1e-5, "fingerprint": FP,
+        "releases": [{"mode": "dp-sgd", "noise_multiplier": 1.0, "sample_rate": 0.1,
+                      "steps": 100}]}))  # fmt: skip
+    ledger = load_ledger(tmp_path, fingerprint=FP, delta=1e-5)
+    assert ledger.releases[0].status == "confirmed" and ledger.noised_count is None
+    assert ledger.epsilon() == pytest.approx(7.899, abs=1e-3)
+
+
+def test_a_target_covers_the_noised_count_too() -> None:
+    privacy = PrivacySettings(mode="dp-sgd", target_epsilon=2.0)
+    prior = [(20.0, 1.0, 1)]
+    alone = calibrate(privacy, sample_rate=0.1, steps=100)
+    sigma = calibrate(privacy, sample_rate=0.1, steps=100, prior=prior)
+    together = epsilon_of([*prior, (sigma, 0.1, 100)], delta=1e-5)
+    assert sigma > alone and together <= 2.0
+    assert together > 2.0 - 0.01  # and no more noise than needed
