@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +158,7 @@ def _train_reply(
         examples = config.batch_size * config.local_steps
     else:
         examples = result.num_examples
-    metrics = {
+    metrics: dict[str, Any] = {
         p.NUM_EXAMPLES: examples,
         p.TRAIN_LOSS: result.loss_mean,
         p.TRAIN_LOSS_FIRST: result.loss_first,
@@ -165,7 +166,7 @@ def _train_reply(
         **dp_metrics,
     }
     echo = msg.content.config_records[p.CONFIG].get(p.GLOBAL_FINGERPRINT, "")
-    adapter = {
+    adapter: dict[str, Any] = {
         p.RANK: settings.lora_rank,
         p.ALPHA: settings.lora_alpha,
         p.NODE_NAME: settings.name,

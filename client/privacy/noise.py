@@ -73,4 +73,5 @@ class SecureRandom:
         shape = (size,) if isinstance(size, int) else tuple(size)
         count = int(np.prod(shape, dtype=np.int64))
         draws = self._standard_normal(4 * count).reshape(4, count)
-        return (loc + scale * draws.sum(axis=0) / 2.0).reshape(shape)
+        values = (loc + scale * draws.sum(axis=0) / 2.0).reshape(shape)
+        return np.asarray(values, dtype=np.float64)

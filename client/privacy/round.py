@@ -90,7 +90,7 @@ class PrivacyRound:
 
 
 def calibrate(
-    settings: PrivacySettings, *, sample_rate: float, steps: int, prior: History = ()
+    settings: PrivacySettings, *, sample_rate: float, steps: int, prior: History | None = None
 ) -> float:
     """σ: the given ``dp-noise-multiplier``, or opacus's calibration of ``dp-target-epsilon``
     for ``steps`` steps at ``sample_rate`` (the larger when a node set both). With ``prior``

@@ -56,15 +56,23 @@ def status_badge(status: str) -> str:
 def _privacy(view: RunView) -> str:
     if all(p.mode == "none" for p in view.privacy):
         return "<h3>Privacy</h3><p class='muted'>no node trained with differential privacy</p>"
-    rows = []
-    for p in view.privacy:
-        eps = "—" if p.epsilon is None else f"{p.epsilon:.3f}"
-        budget = "—" if p.budget is None else f"{p.budget:g}"
-        delta = "—" if p.delta is None else f"{p.delta:g}"
-        rows.append([p.node, p.mode, eps, delta, budget])
-    return "<h3>Privacy: ε spent per node</h3>" + table(
-        ["node", "mode", "ε spent", "δ", "budget (run)"], rows
-    )
+
+    def show(value: float | None, fmt: str) -> str:
+        return "—" if value is None else format(value, fmt)
+
+    rows = [
+        [
+            p.node,
+            p.mode,
+            show(p.epsilon_record, ".3f"),
+            show(p.epsilon_institution, ".3f"),
+            show(p.delta, "g"),
+            show(p.budget, "g"),
+        ]
+        for p in view.privacy
+    ]
+    head = ["node", "mode", "ε per record", "ε per institution", "δ", "budget (run)"]
+    return "<h3>Privacy: ε spent per node</h3>" + table(head, rows)
 
 
 def _refusals(view: RunView) -> str:

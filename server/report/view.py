@@ -39,7 +39,8 @@ class Privacy:
 
     node: str
     mode: str
-    epsilon: float | None
+    epsilon_record: float | None  # covers every release of the data set
+    epsilon_institution: float | None  # only while every release was per institution (dp-lora)
     delta: float | None
     budget: float | None
 
@@ -136,7 +137,8 @@ def _privacy(records: Sequence[dict[str, Any]], budget: float | None) -> list[Pr
         Privacy(
             name,
             str(e["dp_mode"]),
-            _number(e.get("dp_epsilon")),
+            _number(e.get("dp_epsilon_record")),
+            _number(e.get("dp_epsilon_institution")),
             _number(e.get("dp_delta")),
             budget if e["dp_mode"] != "none" else None,
         )

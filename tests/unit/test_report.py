@@ -56,7 +56,7 @@ def _write_run(folder: Path, records: list[dict[str, object]], *, adapter: bool)
 RECORDS: list[dict[str, object]] = [
     {"round": 0, "nodes": {"h-a": _node(5.0), "b-b": _node(4.0)}, "elapsed_s": 1.0},
     {"round": 1, "global_rank": 12, "recompress_error": 0.0, "bytes_up": 1000, "bytes_down": 0,
-     "nodes": {"h-a": _node(4.0, dp_mode="dp-sgd", dp_epsilon=1.5, dp_delta=1e-5),
+     "nodes": {"h-a": _node(4.0, dp_mode="dp-sgd", dp_epsilon_record=1.5, dp_delta=1e-5),
                "b-b": {"eval_loss": 3.5, "rank": None, "rejected": "norm 1e9 > max-factor-norm"}},
      "elapsed_s": 9.5},
 ]  # fmt: skip
@@ -69,7 +69,8 @@ def test_run_view_reads_series_privacy_refusals_and_status(tmp_path: Path) -> No
     assert view.global_rank == [(1.0, 12.0)] and view.bytes_up == [(1.0, 1000.0)]
     assert [(r.round, r.node) for r in view.refusals] == [(1, "b-b")]
     privacy = {p.node: p for p in view.privacy}
-    assert privacy["h-a"].epsilon == 1.5 and privacy["h-a"].budget == 8.0
+    assert privacy["h-a"].epsilon_record == 1.5 and privacy["h-a"].budget == 8.0
+    assert privacy["h-a"].epsilon_institution is None  # dp-sgd: no per-institution guarantee
     assert privacy["b-b"].budget is None  # no privacy: no budget to show
     assert view.elapsed_s == 9.5
 
