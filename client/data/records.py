@@ -7,12 +7,16 @@ A record is one JSON object per line, either ``{"text": ...}`` or
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from client.data.synth import EVAL_FILE, TRAIN_FILE, profile_for_partition, synth_partition
 from client.settings import NodeSettings
+
+# One record (one JSONL line) at most: a bounded read, so a file without newlines cannot exhaust
+# the node's memory before its first record is checked.
+MAX_RECORD_CHARS = 1_000_000
 
 
 def record_to_text(record: Mapping[str, Any], *, where: str) -> str:
@@ -31,11 +35,24 @@ def record_to_text(record: Mapping[str, Any], *, where: str) -> str:
     )
 
 
+def _lines(handle: TextIO, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line), never reading more than MAX_RECORD_CHARS of one line into memory."""
+    lineno = 0
+    while line := handle.readline(MAX_RECORD_CHARS + 1):
+        lineno += 1
+        if len(line) > MAX_RECORD_CHARS and not line.endswith("\n"):
+            raise ValueError(
+                f"{path}:{lineno}: a record longer than {MAX_RECORD_CHARS:,} characters; split "
+                "it into several records (a model trains on at most `max-length` tokens anyway)"
+            )
+        yield lineno, line
+
+
 def read_jsonl(path: Path) -> list[str]:
     """Read a JSONL file of records into texts; errors name the file and line."""
     texts = []
     with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+        for lineno, line in _lines(handle, path):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"

@@ -64,3 +64,17 @@ def test_aggregation_settings_and_cli_import_without_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_record_past_the_size_limit_is_named_by_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from client.data import records
+
+    monkeypatch.setattr(records, "MAX_RECORD_CHARS", 100)
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "short"}\n' + '{"text": "' + "x" * 500 + '"}\n')
+    with pytest.raises(ValueError, match=r"train.jsonl:2: a record longer than 100 characters"):
+        read_jsonl(path)
+    path.write_text('{"text": "' + "y" * 80 + '"}\n{"text": "ok"}')  # under it, no final newline
+    assert read_jsonl(path) == ["y" * 80, "ok"]
