@@ -77,15 +77,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from client.data.synth import write_partition
-    from client.settings import node_settings
+    from client.data.synth import write_setting
 
-    for pid in range(args.partitions):
-        name = node_settings({"partition-id": pid}, {}).name
-        out = write_partition(
-            args.out / name, pid, n_train=args.train, n_eval=args.eval, seed=args.seed
-        )
-        print(f"{out}/train.jsonl ({args.train} records), eval.jsonl ({args.eval})")
+    folders = write_setting(args.out, args.setting, partitions=args.partitions,
+                            n_train=args.train, n_eval=args.eval, seed=args.seed)  # fmt: skip
+    for folder in folders:
+        train = sum(1 for _ in (folder / "train.jsonl").open(encoding="utf-8"))
+        print(f"{folder}/train.jsonl ({train} records), eval.jsonl ({args.eval})")
     return 0
 
 
@@ -185,8 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth = data.add_parser("synth", help="write the synthetic institutions' JSONL data")
     synth.add_argument("--out", type=Path, required=True, help="folder; one sub-folder per node")
-    synth.add_argument("--partitions", type=int, default=3)
-    synth.add_argument("--train", type=int, default=256)
+    synth.add_argument(
+        "--setting",
+        choices=("domains", "scarce"),
+        default="domains",
+        help="domains: --partitions institutions over three domains, 256 training records "
+        "each; scarce: six institutions, two per domain, 48 training records each",
+    )
+    synth.add_argument("--partitions", type=int, default=3, help="institutions (domains only)")
+    synth.add_argument("--train", type=int, help="training records per institution")
     synth.add_argument("--eval", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_data_synth)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigValue
-
 from server.compare.arms import (
     DEFAULT_ROUNDS,
     NUM_NODES,
