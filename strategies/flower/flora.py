@@ -1,5 +1,10 @@
-"""The FLoRA Flower strategy: stack this round's factors onto the global adapter, recompress.
+"""The FLoRA Flower strategies: stack this round's factors onto the global adapter, recompress.
 
+``flora``: each node continues from the global adapter (node-mode ``continue-merged``: its LoRA
+starts at the first r_i global components, the rest merged into its weights, so it starts at the
+global model and keeps its progress); the server stacks each node's *change*, [B_i, -B_i0] and
+[A_i; A_i0] (:func:`strategies.math.flora.stack_changes`). ``flora-fresh``: the paper's FLoRA,
+each node merges the global adapter and trains a fresh LoRA from B = 0 every round.
 Math in :mod:`strategies.math.flora` (stacking) and :mod:`strategies.math.lowrank` (recompression).
 """
 
@@ -10,21 +15,32 @@ from logging import INFO
 
 from flwr.common import log
 
+from common.config import ConfigValue
+from strategies import protocol as p
 from strategies.flower.base import GlobalAdapter, LoraStrategy
 from strategies.flower.replies import ClientUpdate, example_weights
-from strategies.math.flora import stack
+from strategies.math.flora import node_start, stack, stack_changes
 from strategies.math.lowrank import accumulate
 
 
 class FLoRA(LoraStrategy):
-    """FLoRA stacking with the accumulated global adapter kept at rank <= ``max_global_rank``."""
+    """FLoRA stacking of the nodes' changes, the global adapter kept at rank <= the cap."""
 
     name = "flora"
+    continues = True  # nodes start from the global factors; False: a fresh B = 0 each round
+
+    def instruction(self, server_round: int) -> dict[str, ConfigValue]:
+        return {p.NODE_MODE: p.CONTINUE_MERGED if self.continues else p.MERGE}
 
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
-        stacked = stack([u.factors for u in updates], example_weights(updates))
+        weights = example_weights(updates)
+        if self.continues and global_adapter:
+            starts = [node_start(global_adapter, rank=u.rank, scaling=_scaling(u)) for u in updates]
+            stacked = stack_changes([u.factors for u in updates], starts, weights)
+        else:
+            stacked = stack([u.factors for u in updates], weights)
         eta = self.options.server_lr  # append η·Σ p_i s_i B_i A_i: exact, scales the stacked A
         stacked = {m: (a, b, eta * s) for m, (a, b, s) in stacked.items()}
         result = accumulate(
@@ -39,7 +55,7 @@ class FLoRA(LoraStrategy):
             INFO,
             "round %d: stacked rank %d from %d nodes -> global rank %d (truncation error %.2e)",
             server_round,
-            sum(u.rank for u in updates),
+            sum(a.shape[0] for a, _, _ in stacked.values()) // max(len(stacked), 1),
             len(updates),
             result.max_rank,
             result.relative_error,
@@ -48,4 +64,15 @@ class FLoRA(LoraStrategy):
 
     def summary(self) -> None:
         super().summary()
-        log(INFO, "\t├── %s", self.options)
+        log(INFO, "\t├── %s, nodes continue: %s", self.options, self.continues)
+
+
+class FLoRAFresh(FLoRA):
+    """The paper's FLoRA: every node merges the global and trains a fresh LoRA (B = 0)."""
+
+    name = "flora-fresh"
+    continues = False
+
+
+def _scaling(update: ClientUpdate) -> float:
+    return next(iter(update.factors.values()))[2]
