@@ -51,13 +51,24 @@ def _beats_local(arm: ArmResult, local: ArmResult) -> str:
     return f"{'met' if met else 'NOT met'} (local minus {arm.arm.label}, per node: {detail})"
 
 
+def _first(
+    results: Sequence[ArmResult], setting: str, kind: str, strategy: str | None
+) -> ArmResult | None:
+    """The arm of ``setting`` with this kind and strategy at its defaults (no config of its
+    own: `flora η=2` or `flora dp-lora` are variants, not the default strategy)."""
+    for r in results:
+        arm = r.arm
+        if (arm.setting, arm.kind, arm.strategy) == (setting, kind, strategy) and not arm.config:
+            return r
+    return None
+
+
 def goals(results: Sequence[ArmResult]) -> list[str]:
     """The issue's goals, each met or not, with the numbers (only where the arms were run)."""
     lines = []
-    by = {(r.arm.setting, r.arm.kind, r.arm.strategy): r for r in results}
     for setting in _settings(results):
-        local = by.get((setting, "local", None))
-        default = by.get((setting, "federated", DEFAULT_STRATEGY))
+        local = _first(results, setting, "local", None)
+        default = _first(results, setting, "federated", DEFAULT_STRATEGY)
         personal = [r for r in results if r.arm.setting == setting and r.arm.kind == "personalized"]
         federated = [r for r in results if r.arm.setting == setting and r.arm.kind == "federated"]
         if local and default:

@@ -21,6 +21,11 @@ RESULTS = [
     _result(Arm("flexlora [het]", "federated", "het", "flexlora"), {"a": 0.991, "b": 0.991}),
     _result(personalized("het"), {"a": 0.5, "b": 0.6}),
     _result(Arm("local [het]", "local", "het"), {"a": 0.7, "b": 0.65}),
+    # a variant of the default strategy after it: not the default (it used to replace it)
+    _result(
+        Arm("flora η=3 [het]", "federated", "het", "flora", {"server-lr": 3.0}),
+        {"a": 3.0, "b": 3.0},
+    ),
 ]
 
 
@@ -33,7 +38,7 @@ def test_goals_are_met_or_not_with_the_numbers() -> None:
     within = next(g for g in found if g.startswith("- `het`: default strategy within 1%"))
     assert ": met " in within and "+0.9%" in within
     het_global = next(g for g in found if g.startswith("- `het`: default strategy's global"))
-    assert "NOT met" in het_global  # 1.0 against local 0.7 and 0.65
+    assert "NOT met" in het_global and "a -0.300" in het_global  # flora 1.0, not η=3's 3.0
 
 
 def test_table_has_a_section_per_setting_and_the_plot_a_panel_each(tmp_path: Path) -> None:
