@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from client.data.records import load_node_texts
 from client.model import cache as base_cache
-from client.model.loading import pick_device, pick_dtype
+from client.model.loading import attach_lora, pick_device, pick_dtype
 from client.model.node_mode import NodeMode, start_lora
+from client.model.personal import attach_personal, has_personal, personal_mode, save_personal
 from client.privacy.ledger import Ledger, LedgerError
 from client.privacy.releases import LORA_FACTORS, select
 from client.privacy.round import (
@@ -33,7 +35,7 @@ from client.privacy.round import (
     reply_fields,
     train_private,
 )
-from client.privacy.settings import PrivacyMode
+from client.privacy.settings import PrivacyMode, node_state_dir
 from client.settings import NodeSettings, TrainConfig, node_settings
 from client.training import TrainResult, encode, evaluate_loss
 from common.config import SettingsError
@@ -132,10 +134,15 @@ def run_train(msg: Message, context: Context) -> RecordDict:
         seed=seed,
         public_a_seed=_public_a_seed(plan, config, mode),
     )
+    state_dir = _personal_dir(context, settings)  # None: no private LoRA (client/model/personal.py)
+    if state_dir is not None:
+        attach_personal(peft_model, state_dir, seed=seed + 1, freeze_a=mode.freeze_a)
     rows = encode(train_texts, job.tokenizer, max_length=config.max_length)
     pad_id = job.tokenizer.pad_token_id
     result, factors = train_private(plan, peft_model, rows, config, pad_id=pad_id, seed=seed)
     ledger = commit(plan) if plan else None  # the release was reserved before training
+    if state_dir is not None:
+        save_personal(peft_model, state_dir)  # stays on the node; `factors` are the shared LoRA
     return _train_reply(plan.settings.mode if plan else "none", result, factors, ledger=ledger,
                         config=config, msg=msg, settings=settings)  # fmt: skip
 
@@ -194,12 +201,26 @@ def _public_a_seed(plan: PrivacyRound | None, config: TrainConfig, mode: NodeMod
     return None
 
 
+def _personal_dir(context: Context, settings: NodeSettings) -> Path | None:
+    """The node's state folder if it keeps a private LoRA (node config `personal`), else None."""
+    if personal_mode(context.node_config) == "none":
+        return None
+    return node_state_dir(context.node_config, context.run_config, node_name=settings.name)
+
+
 def run_evaluate(msg: Message, context: Context) -> RecordDict:
-    """Score the global model on the node's held-out split; only the loss leaves the node."""
+    """Score the global model (with the node's private LoRA, if it keeps one) on the node's
+    held-out split; only the loss leaves the node."""
     job = _prepare(msg, context)
     _, eval_texts = load_node_texts(job.settings)
     rows = encode(eval_texts, job.tokenizer, max_length=job.config.max_length)
-    loss, _ = evaluate_loss(job.model, rows, pad_id=job.tokenizer.pad_token_id)
+    model: torch.nn.Module = job.model
+    state_dir = _personal_dir(context, job.settings)
+    if state_dir is not None and has_personal(state_dir):  # the shared LoRA added is B = 0
+        model = attach_lora(job.model, rank=job.settings.lora_rank, alpha=job.settings.lora_alpha,
+                            target_modules=job.settings.target_modules, seed=0)  # fmt: skip
+        attach_personal(model, state_dir, seed=0)
+    loss, _ = evaluate_loss(model, rows, pad_id=job.tokenizer.pad_token_id)
     metrics = MetricRecord({p.EVAL_LOSS: loss, p.NUM_EXAMPLES: len(rows)})
     name = ConfigRecord({p.NODE_NAME: job.settings.name})
     return RecordDict({p.METRICS: metrics, p.ADAPTER: name})

@@ -48,11 +48,13 @@ GLOBAL_FINGERPRINT = "global-fingerprint"
 # What the node does with the global adapter, chosen by the strategy and sent in each train
 # instruction's `config` (client/model/node_mode.py): `merge` W0 + B_g A_g and train a fresh LoRA,
 # or `continue` from the first r_i components of the global factors; `shared-a-seed`: start A at
-# the public seeded init (strategies/math/public_a.py); `freeze-a`: train only B.
+# the public seeded init (strategies/math/public_a.py); `freeze-a`: train only B;
+# `continue-merged` (flora): continue from the first r_i components and merge the rest into W0.
 NODE_MODE = "node-mode"
 MERGE = "merge"
 CONTINUE = "continue"
-NODE_MODES = (MERGE, CONTINUE)
+CONTINUE_MERGED = "continue-merged"
+NODE_MODES = (MERGE, CONTINUE, CONTINUE_MERGED)
 SHARED_A_SEED = "shared-a-seed"
 FREEZE_A = "freeze-a"
 

@@ -7,11 +7,11 @@ from strategies.flower.base import LoraStrategy
 from strategies.flower.fedit import FedIT
 from strategies.flower.ffa import FFA
 from strategies.flower.flexlora import FlexLoRA
-from strategies.flower.flora import FLoRA
+from strategies.flower.flora import FLoRA, FLoRAFresh
 from strategies.flower.zeropad import ZeroPad
 
 STRATEGIES: dict[str, type[LoraStrategy]] = {
-    cls.name: cls for cls in (FLoRA, FedIT, ZeroPad, FlexLoRA, FFA)
+    cls.name: cls for cls in (FLoRA, FLoRAFresh, FedIT, ZeroPad, FlexLoRA, FFA)
 }
 
 

@@ -4,6 +4,9 @@
 ``continue`` (fedit, zeropad, flexlora): W0 untouched; the LoRA starts at the first r_i
 components of the global adapter, A = A_g[:k], B = B_g[:, :k] / s_i (k = min(r_i, r_g); the
 global has scaling 1, so s_i·B·A = B_g[:, :k]·A_g[:k]); components beyond k start fresh.
+``continue-merged`` (flora): as ``continue``, and the global's components beyond k are merged
+into W, so the node starts at the global model exactly; the server stacks its change
+(strategies/math/flora.py ``stack_changes``).
 ``shared-a-seed``: a fresh A starts at the public seeded A (strategies/math/public_a.py), the
 same at every node and nested across ranks — also what DP-LoRA publishes. ``freeze-a``:
 only B trains. The node needs no setting of its own for any of this.
@@ -20,6 +23,7 @@ from numpy.typing import NDArray
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from client.model import cache as base_cache
 from client.model.loading import attach_lora
 from client.privacy.dp_sgd import freeze_lora_a
 from common.config import Config, SettingsError
@@ -40,6 +44,7 @@ class NodeMode:
 
     @property
     def merges(self) -> bool:
+        """The whole global adapter is merged into W before a fresh LoRA is attached."""
         return self.mode == p.MERGE
 
     @classmethod
@@ -97,6 +102,18 @@ def load_global_components(
                 )  # (out, k)
 
 
+def global_rest(
+    arrays: Mapping[str, NDArray[np.floating]], *, rank: int
+) -> dict[str, NDArray[np.floating]]:
+    """The global adapter's components beyond the first ``rank`` (empty if there are none)."""
+    rest = {}
+    for key, value in arrays.items():
+        part = value[rank:] if key.endswith(A_SUFFIX) else value[:, rank:]  # (g-k, in), (out, g-k)
+        if part.size:
+            rest[key] = part
+    return rest
+
+
 def _rank(value: NDArray[np.floating], suffix: str) -> int:
     return int(value.shape[0] if suffix == A_SUFFIX else value.shape[1])
 
@@ -115,8 +132,14 @@ def start_lora(
     """The LoRA this node trains this round (``model`` has the global merged in merge mode).
 
     ``public_a_seed``: the instruction's `shared-a-seed`, or DP-LoRA's public seed, or None
-    (A from the node's own ``seed``).
+    (A from the node's own ``seed``). In ``continue-merged`` mode ``model`` must come from the
+    base-model cache (client/model/cache.py), which merges the rest of the global and restores
+    the weights after the message.
     """
+    if mode.mode == p.CONTINUE_MERGED and global_arrays:
+        rest = global_rest(global_arrays, rank=rank)
+        if rest:
+            base_cache.apply_global(model, rest)
     peft_model = attach_lora(
         model,
         rank=rank,

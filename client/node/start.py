@@ -85,8 +85,9 @@ def free_port() -> int:
 
 
 # What a node admin may set at `node start --config`: the node's own privacy policy (it may only
-# tighten the run's) and local tuning. Data, name, rank, device and state folder have flags.
-NODE_CONFIG_KEYS = (*PRIVACY_KEYS, "lora-alpha", "num-threads")
+# tighten the run's), local tuning and `personal` (a private LoRA in the state folder,
+# client/model/personal.py). Data, name, rank, device and state folder have flags.
+NODE_CONFIG_KEYS = (*PRIVACY_KEYS, "lora-alpha", "num-threads", "personal")
 
 
 def check_node_overrides(overrides: Mapping[str, ConfigValue]) -> None:

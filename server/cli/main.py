@@ -77,15 +77,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from client.data.synth import write_partition
-    from client.settings import node_settings
+    from client.data.synth import write_setting
 
-    for pid in range(args.partitions):
-        name = node_settings({"partition-id": pid}, {}).name
-        out = write_partition(
-            args.out / name, pid, n_train=args.train, n_eval=args.eval, seed=args.seed
-        )
-        print(f"{out}/train.jsonl ({args.train} records), eval.jsonl ({args.eval})")
+    folders = write_setting(args.out, args.setting, partitions=args.partitions,
+                            n_train=args.train, n_eval=args.eval, seed=args.seed)  # fmt: skip
+    for folder in folders:
+        train = sum(1 for _ in (folder / "train.jsonl").open(encoding="utf-8"))
+        print(f"{folder}/train.jsonl ({train} records), eval.jsonl ({args.eval})")
     return 0
 
 
@@ -125,21 +123,38 @@ def _cmd_adapter_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_compare_command(sub: Any) -> None:
-    """``fedlora compare [--rounds N] [--out DIR]`` (sub: argparse's sub-parsers)."""
+    """``fedlora compare [--rounds N] [--out DIR] [--settings ...] [--quick]`` (argparse's
+    sub-parsers)."""
     cmd = sub.add_parser(
-        "compare", help="every strategy, centralized and local-only LoRA on one federation"
+        "compare", help="every strategy, personalized, centralized and local-only LoRA"
     )
-    cmd.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
-                     help=f"rounds per federation (default {DEFAULT_ROUNDS})")  # fmt: skip
+    cmd.add_argument("--rounds", type=int, help=f"rounds per federation (default "
+                     f"{DEFAULT_ROUNDS}; 2 with --quick)")  # fmt: skip
     cmd.add_argument("--out", type=Path, default=Path("runs") / "compare",
                      help="folder for comparison.md/.png/.json and the runs")  # fmt: skip
+    cmd.add_argument(
+        "--settings",
+        default="het,r8,scarce,dp",
+        help="comma-separated settings: het, r8, scarce, dp (default: all)",
+    )
+    cmd.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small version (2 local steps, 16 records, 2-3 arms per setting)",
+    )
+    cmd.add_argument("--base-model", help="model folder or hub id (default: the embedded model)")
     cmd.set_defaults(func=_cmd_compare)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from server.compare.arms import default_arms, quick_arms
     from server.compare.run import compare
 
-    compare(rounds=args.rounds, out=args.out)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    arms = quick_arms(settings) if args.quick else default_arms(settings)
+    rounds = args.rounds or (2 if args.quick else DEFAULT_ROUNDS)
+    extra = {"base-model": args.base_model} if args.base_model else {}
+    compare(rounds=rounds, out=args.out, arms=arms, quick=args.quick, extra=extra)
     return 0
 
 
@@ -185,8 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth = data.add_parser("synth", help="write the synthetic institutions' JSONL data")
     synth.add_argument("--out", type=Path, required=True, help="folder; one sub-folder per node")
-    synth.add_argument("--partitions", type=int, default=3)
-    synth.add_argument("--train", type=int, default=256)
+    synth.add_argument(
+        "--setting",
+        choices=("domains", "scarce"),
+        default="domains",
+        help="domains: --partitions institutions over three domains, 256 training records "
+        "each; scarce: six institutions, two per domain, 48 training records each",
+    )
+    synth.add_argument("--partitions", type=int, default=3, help="institutions (domains only)")
+    synth.add_argument("--train", type=int, help="training records per institution")
     synth.add_argument("--eval", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_data_synth)

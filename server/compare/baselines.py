@@ -12,13 +12,17 @@ from dataclasses import replace
 from typing import Any
 
 from common.config import ConfigValue
-from server.compare.arms import NUM_NODES, Arm, ArmResult
+from server.compare.arms import Arm, ArmResult
 
 
 def run_reference(
-    arm: Arm, config: Mapping[str, ConfigValue], echo: Callable[[str], None]
+    arm: Arm,
+    config: Mapping[str, ConfigValue],
+    node_configs: Sequence[Mapping[str, ConfigValue]],
+    echo: Callable[[str], None],
 ) -> ArmResult:
-    """Centralized (``centralized``, ``centralized-total``) or local-only (``local``) LoRA."""
+    """Centralized (``centralized``, ``centralized-total``) or local-only (``local``) LoRA on
+    the nodes of ``node_configs`` (as the federated arms of the setting see them)."""
     import torch
 
     from client.data.records import load_node_texts
@@ -27,10 +31,7 @@ def run_reference(
 
     start = time.perf_counter()
     torch.manual_seed(int(config["seed"]))
-    nodes = [
-        node_settings({"partition-id": i, "num-partitions": NUM_NODES}, config)
-        for i in range(NUM_NODES)
-    ]
+    nodes = [node_settings(node, config) for node in node_configs]
     texts = [load_node_texts(s) for s in nodes]
     train = TrainConfig.from_config(config)
     tokenizer = _tokenizer(str(config["base-model"]))
@@ -46,7 +47,7 @@ def run_reference(
         notes = "each node alone at its own rank"
     else:
         rank = max(s.lora_rank for s in nodes)
-        steps = train.local_steps * (NUM_NODES if arm.kind == "centralized-total" else 1)
+        steps = train.local_steps * (len(nodes) if arm.kind == "centralized-total" else 1)
         pooled = [row for node_rows in rows for row in node_rows]
         trainer = _Trainer(config, rank=rank, alpha=2.0 * rank)
         train = replace(train, local_steps=steps)

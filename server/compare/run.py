@@ -1,9 +1,11 @@
-"""``fedlora compare``: every strategy and the reference trainings on one federation.
+"""``fedlora compare``: every setting's strategies and reference trainings, side by side.
 
-Same non-IID synthetic institutions, seeds, local steps and batch size for every arm; once with
-heterogeneous ranks and once with all nodes at one rank (where FedIT takes part). The reference
-arms (server/compare/baselines.py) are centralized LoRA on the pooled data and each node alone.
-Results: ``comparison.md`` (table), ``comparison.png`` (curves), ``comparison.json`` (numbers).
+Per setting (server/compare/arms.py) the same synthetic institutions, seeds, local steps and
+batch size for every arm: the federated strategies, a personalized arm (the default strategy
+with a private LoRA on each node, client/model/personal.py), and the reference trainings
+(server/compare/baselines.py): centralized LoRA on the pooled data and each node alone.
+Results: ``comparison.md`` (tables and goals), ``comparison.png`` (curves),
+``comparison.json`` (a list of arm records).
 """
 
 from __future__ import annotations
@@ -12,24 +14,51 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from common.config import ConfigValue
 from server.compare.arms import (
     DEFAULT_ROUNDS,
-    NUM_NODES,
+    QUICK_CONFIG,
+    SETTINGS,
     Arm,
     ArmResult,
     default_arms,
+    quick_arms,
     run_config,
-    strategy_names,
 )
+
+NodeConfigs = list[dict[str, ConfigValue]]
+
+
+def node_configs(arm: Arm, config: Mapping[str, ConfigValue], *, out: Path) -> NodeConfigs:
+    """The node configs of an arm's setting: synthetic partitions, or the scarce institutions'
+    folders (written once under ``out/data``); ``personal`` for a personalized arm."""
+    from client.data.synth import write_setting
+    from client.data.synth.institutions import SCARCE_EVAL, SCARCE_TRAIN
+
+    setting = SETTINGS[arm.setting]
+    nodes: NodeConfigs
+    if setting.data == "scarce":
+        n_train = min(SCARCE_TRAIN, int(config["synth-train-examples"]))
+        n_eval = min(SCARCE_EVAL, int(config["synth-eval-examples"]))
+        folder = out / "data" / f"scarce-{n_train}-{n_eval}"
+        seed = int(config["seed"])
+        folders = write_setting(folder, "scarce", n_train=n_train, n_eval=n_eval, seed=seed)
+        nodes = [{"data-path": str(f), "node-name": f.name} for f in folders]
+    else:
+        nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+    if arm.kind == "personalized":
+        for node in nodes:
+            node["personal"] = str(arm.config.get("personal", "private-lora"))
+    for i, node in enumerate(nodes):
+        node["partition-id"] = i  # the rank: lora-ranks[i % len]
+    return nodes
 
 
 def run_strategy(
-    arm: Arm, config: Mapping[str, ConfigValue], echo: Callable[[str], None]
+    arm: Arm, config: Mapping[str, ConfigValue], nodes: NodeConfigs, echo: Callable[[str], None]
 ) -> ArmResult:
     """One federation through ``simulate`` (in-process); the numbers from its metrics.jsonl."""
     from server.simulation.simulate import simulate
@@ -39,7 +68,7 @@ def run_strategy(
             echo(f"[compare] {arm.label}: {line.removeprefix('[fedlora] ').split(' | up')[0]}")
 
     start = time.perf_counter()
-    outcome = simulate(num_nodes=NUM_NODES, run_config=config, echo=progress)
+    outcome = simulate(num_nodes=len(nodes), run_config=config, node_configs=nodes, echo=progress)
     wall = time.perf_counter() - start
     records = [r for r in outcome.records if "stopped" not in r]
     curve = [_mean([n["eval_loss"] for n in r["nodes"].values()]) for r in records]
@@ -68,35 +97,66 @@ def compare(
     rounds: int = DEFAULT_ROUNDS,
     out: Path,
     arms: Sequence[Arm] | None = None,
+    quick: bool = False,
+    extra: Mapping[str, ConfigValue] | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[ArmResult]:
-    """Run every arm, write the table, plot and numbers into ``out``; return the results."""
+    """Run every arm, write the tables, plot and numbers into ``out``; return the results.
+
+    ``quick``: :func:`quick_arms` (unless ``arms`` is given) on a small configuration
+    (``QUICK_CONFIG``: 2 local steps, 16 training records); ``extra``: run-config keys for
+    every arm (e.g. ``base-model``).
+    """
     from server.compare.baselines import run_reference
     from server.compare.report import plot_curves, table
 
     if rounds < 1:
         raise ValueError(f"`--rounds` is {rounds}: use an integer >= 1")
     out.mkdir(parents=True, exist_ok=True)
-    arms = list(arms or default_arms())
+    arms = list(arms or (quick_arms() if quick else default_arms()))
+    overrides = {**(QUICK_CONFIG if quick else {}), **(extra or {})}
     results: list[ArmResult] = []
     start = time.perf_counter()
     for i, arm in enumerate(arms, start=1):
         echo(f"[compare] {i}/{len(arms)} {arm.label} ({time.perf_counter() - start:.0f} s so far)")
-        config = run_config(arm, rounds=rounds, out=out)
-        runner = run_strategy if arm.kind in strategy_names() else run_reference
-        result = runner(arm, config, echo)
+        config = run_config(arm, rounds=rounds, out=out, extra=overrides)
+        nodes = node_configs(arm, config, out=out)
+        runner = run_reference if arm.strategy is None else run_strategy
+        result = runner(arm, config, nodes, echo)
         echo(
             f"[compare] {arm.label}: final mean eval loss {result.final:.3f}, {result.wall_s:.0f} s"
         )
         results.append(result)
+        records = [to_record(r, overrides) for r in results]  # so far: a stopped run keeps them
+        (out / "comparison.json").write_text(json.dumps(records, indent=1) + "\n", "utf-8")
     total = time.perf_counter() - start
-    (out / "comparison.md").write_text(table(results, rounds=rounds, total_s=total), "utf-8")
-    (out / "comparison.json").write_text(json.dumps([_to_json(r) for r in results], indent=1))
+    text = table(results, rounds=rounds, total_s=total)
+    (out / "comparison.md").write_text(text, "utf-8")
     plot_curves(results, out / "comparison.png")
-    echo(table(results, rounds=rounds, total_s=total))
+    echo(text)
     echo(f"[compare] wrote {out / 'comparison.md'} and {out / 'comparison.png'} in {total:.0f} s")
     return results
 
 
-def _to_json(result: ArmResult) -> dict[str, Any]:
-    return {**asdict(result), "final": result.final, "best": result.best[0]}
+def to_record(result: ArmResult, overrides: Mapping[str, ConfigValue]) -> dict[str, Any]:
+    """One arm as a ``comparison.json`` record (top-level fields as documented)."""
+    arm = result.arm
+    config = {"lora-ranks": arm.ranks, **SETTINGS[arm.setting].config, **overrides, **arm.config}
+    if arm.strategy is not None:
+        config["strategy"] = arm.strategy
+    return {
+        "setting": arm.setting,
+        "label": arm.label,
+        "kind": arm.kind,
+        "strategy": arm.strategy,
+        "config": config,
+        "final_mean": result.final,
+        "best_mean": result.best[0],
+        "best_round": result.best[1],
+        "final_nodes": result.final_nodes,
+        "curve": result.curve,
+        "bytes_up": result.bytes_up,
+        "bytes_down": result.bytes_down,
+        "wall_s": result.wall_s,
+        "notes": result.notes,
+    }

@@ -1,5 +1,10 @@
-"""The FLoRA Flower strategy: stack this round's factors onto the global adapter, recompress.
+"""The FLoRA Flower strategies: stack this round's factors onto the global adapter, recompress.
 
+``flora``: each node continues from the global adapter (node-mode ``continue-merged``: its LoRA
+starts at the first r_i global components, the rest merged into its weights, so it starts at the
+global model and keeps its progress); the server stacks each node's *change*, [B_i, -B_i0] and
+[A_i; A_i0] (:func:`strategies.math.flora.stack_changes`). ``flora-fresh``: the paper's FLoRA,
+each node merges the global adapter and trains a fresh LoRA from B = 0 every round.
 Math in :mod:`strategies.math.flora` (stacking) and :mod:`strategies.math.lowrank` (recompression).
 """
 
@@ -10,34 +15,56 @@ from logging import INFO
 
 from flwr.common import log
 
+from common.config import ConfigValue
+from strategies import protocol as p
 from strategies.flower.base import GlobalAdapter, LoraStrategy
 from strategies.flower.replies import ClientUpdate, example_weights
-from strategies.math.lowrank import accumulate_updates
+from strategies.math.flora import node_start, stack_changes
+from strategies.math.lowrank import accumulate, accumulate_updates
 
 
 class FLoRA(LoraStrategy):
-    """FLoRA stacking with the accumulated global adapter kept at rank <= ``max_global_rank``."""
+    """FLoRA stacking of the nodes' changes, the global adapter kept at rank <= the cap."""
 
     name = "flora"
+    continues = True  # nodes start from the global factors; False: a fresh B = 0 each round
+
+    def instruction(self, server_round: int) -> dict[str, ConfigValue]:
+        return {p.NODE_MODE: p.CONTINUE_MERGED if self.continues else p.MERGE}
 
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
-        result = accumulate_updates(  # append η·Σ p_i s_i B_i A_i, one module at a time
-            global_adapter,
-            [u.factors for u in updates],
-            example_weights(updates),
-            scale=self.options.server_lr,
-            max_rank=self.options.max_global_rank,
-            tol=self.options.recompress_tol,
-        )
+        weights = example_weights(updates)
+        eta = self.options.server_lr  # append η·Σ p_i s_i B_i A_i: exact, scales the stacked A
+        if self.continues and global_adapter:  # each node's change: a rank <= 2 r_i block
+            starts = [node_start(global_adapter, rank=u.rank, scaling=_scaling(u)) for u in updates]
+            stacked = stack_changes([u.factors for u in updates], starts, weights)
+            stacked = {m: (a, b, eta * s) for m, (a, b, s) in stacked.items()}
+            stacked_rank = max((a.shape[0] for a, _, _ in stacked.values()), default=0)
+            result = accumulate(
+                global_adapter,
+                stacked,
+                max_rank=self.options.max_global_rank,
+                tol=self.options.recompress_tol,
+            )
+        else:  # fresh B = 0 at every node: stream the stack one module at a time
+            stacked_rank = sum(u.rank for u in updates)
+            result = accumulate_updates(
+                global_adapter,
+                [u.factors for u in updates],
+                weights,
+                scale=eta,
+                max_rank=self.options.max_global_rank,
+                tol=self.options.recompress_tol,
+            )
         report = self.report(server_round)
         report.recompress_error = result.relative_error
         log(
             INFO,
             "round %d: stacked rank %d from %d nodes -> global rank %d (truncation error %.2e)",
             server_round,
-            sum(u.rank for u in updates),
+            stacked_rank,
             len(updates),
             result.max_rank,
             result.relative_error,
@@ -46,4 +73,15 @@ class FLoRA(LoraStrategy):
 
     def summary(self) -> None:
         super().summary()
-        log(INFO, "\t├── %s", self.options)
+        log(INFO, "\t├── %s, nodes continue: %s", self.options, self.continues)
+
+
+class FLoRAFresh(FLoRA):
+    """The paper's FLoRA: every node merges the global and trains a fresh LoRA (B = 0)."""
+
+    name = "flora-fresh"
+    continues = False
+
+
+def _scaling(update: ClientUpdate) -> float:
+    return next(iter(update.factors.values()))[2]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from client.model.loading import load_base, lora_factors
-from client.model.node_mode import NodeMode, start_lora
+from client.model import cache as base_cache
+from client.model.loading import load_base, lora_factors, merge_global_adapter
+from client.model.node_mode import NodeMode, global_rest, start_lora
 from common.config import DEFAULT_RUN_CONFIG, SettingsError
 from server.simulation.simulate import simulate
 from strategies import protocol as p
@@ -51,6 +52,27 @@ def test_continue_starts_from_the_first_components_of_the_global(rank: int) -> N
         np.testing.assert_allclose(scaling * b @ a, b_g[:, :k] @ a_g[:k], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rank", [4, 8])
+def test_continue_merged_starts_at_the_global_model_exactly(rank: int) -> None:
+    arrays = {k: (v / 8).astype(np.float32) for k, v in _global(6).items()}
+    ids = torch.tensor([[1, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 2]])
+    reference, _ = load_base("", device=torch.device("cpu"))
+    with torch.no_grad():
+        expected = merge_global_adapter(reference, arrays)(input_ids=ids).logits
+        model, _ = base_cache.checkout("", device=torch.device("cpu"), dtype=torch.float32,
+                                       gradient_checkpointing=False)  # fmt: skip
+        try:
+            peft = start_lora(model, arrays, mode=NodeMode(p.CONTINUE_MERGED), rank=rank,
+                              alpha=2.0 * rank, target_modules="all-linear", seed=1,
+                              public_a_seed=None)  # fmt: skip
+            got = peft(input_ids=ids).logits
+        finally:
+            base_cache.release()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # the node trains the first min(r, 6) components; only the rest is merged into W
+    assert (rank < 6) == bool(global_rest(arrays, rank=rank))
+
+
 def test_a_fresh_shared_a_is_the_public_seeded_a_and_freeze_leaves_only_b_trainable() -> None:
     model, _ = load_base("", device=torch.device("cpu"))
     mode = NodeMode(p.MERGE, 5, freeze_a=True)
@@ -70,7 +92,15 @@ def test_an_unknown_node_mode_is_an_error_naming_the_field() -> None:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "ranks"), [("fedit", "4"), ("zeropad", "2,4"), ("flexlora", "2,4"), ("ffa", "2,4")]
+    ("strategy", "ranks"),
+    [
+        ("fedit", "4"),
+        ("zeropad", "2,4"),
+        ("flexlora", "2,4"),
+        ("ffa", "2,4"),
+        ("flora", "2,4"),
+        ("flora-fresh", "2,4"),
+    ],
 )
 def test_each_strategy_runs_a_small_federation(tmp_path: Path, strategy: str, ranks: str) -> None:
     config = {**DEFAULT_RUN_CONFIG, "strategy": strategy, "lora-ranks": ranks,

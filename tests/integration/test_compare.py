@@ -1,38 +1,60 @@
-"""``fedlora compare`` end to end on a tiny federation: table, plot and numbers written."""
+"""``fedlora compare`` end to end: ``--quick`` over every setting writes the tables, the plot and
+the arm records; the default comparison covers every strategy and setting."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from server.cli.main import build_parser
-from server.compare.run import Arm, compare, default_arms
+import pytest
 
-SMALL = {"local-steps": 2, "batch-size": 4, "max-length": 48, "synth-train-examples": 16,
-         "synth-eval-examples": 8}  # fmt: skip
+from server.cli.main import build_parser, main
+from server.compare.arms import KINDS, SETTINGS, Arm, default_arms, quick_arms
+
+RECORD_FIELDS = {"setting", "label", "kind", "strategy", "config", "final_mean", "final_nodes",
+                 "curve", "bytes_up", "bytes_down", "wall_s"}  # fmt: skip
 
 
-def test_compare_writes_the_table_the_plot_and_the_numbers(tmp_path: Path) -> None:
-    arms = [Arm("flora [het]", "flora", "2,4,3", SMALL),
-            Arm("centralized-total [het]", "centralized-total", "2,4,3", SMALL),
-            Arm("local [het]", "local", "2,4,3", SMALL)]  # fmt: skip
-    lines: list[str] = []
-    results = compare(rounds=2, out=tmp_path, arms=arms, echo=lines.append)
-    assert [len(r.curve) for r in results] == [3, 3, 3]  # round 0 (base model) + 2 rounds
-    assert len({round(r.curve[0], 6) for r in results}) == 1  # every arm starts from one model
-    assert all(r.final < r.curve[0] for r in results)
+def test_quick_compare_covers_every_setting(tmp_path: Path) -> None:
+    assert main(["compare", "--quick", "--rounds", "1", "--out", str(tmp_path)]) == 0
+    records = json.loads((tmp_path / "comparison.json").read_text())
+    assert isinstance(records, list) and all(set(r) >= RECORD_FIELDS for r in records)
+    assert {r["setting"] for r in records} == set(SETTINGS)
+    assert {r["kind"] for r in records} == {"federated", "personalized", "local"}
+    for record in records:
+        assert len(record["curve"]) == 2  # round 0 (base model) + 1 round
+        assert record["final_mean"] == record["curve"][-1] < record["curve"][0]
+        nodes = 6 if record["setting"] == "scarce" else 3
+        assert len(record["final_nodes"]) == nodes
+        assert (record["strategy"] is None) == (record["kind"] == "local")
+        assert (record["bytes_up"] > 0) == (record["kind"] != "local")
+    dp = [r for r in records if r["setting"] == "dp" and r["kind"] == "federated"]
+    assert dp and dp[0]["config"]["privacy"] == "dp-sgd"
     table = (tmp_path / "comparison.md").read_text()
-    assert all(f"| {arm.label} |" in table for arm in arms)
+    assert all(f"### `{name}`" in table for name in SETTINGS) and "### Goals" in table
+    assert all(f"| {r['label']} |" in table for r in records)
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
-    numbers = json.loads((tmp_path / "comparison.json").read_text())
-    assert numbers[0]["bytes_down"] > 0 and numbers[1]["bytes_down"] == 0
-    assert any("[compare] 3/3 local [het]" in line for line in lines)  # progress while it runs
 
 
-def test_the_default_comparison_covers_every_strategy_and_the_cli_knows_it() -> None:
-    kinds = {(arm.kind, arm.ranks) for arm in default_arms()}
-    for name in ("flora", "zeropad", "flexlora", "ffa"):
-        assert (name, "4,8,16") in kinds
-    assert ("fedit", "8,8,8") in kinds and ("fedit", "4,8,16") not in kinds
-    args = build_parser().parse_args(["compare", "--rounds", "4", "--out", "x"])
-    assert args.rounds == 4 and args.out == Path("x")
+def test_the_default_comparison_covers_every_strategy_setting_and_kind() -> None:
+    arms = default_arms()
+    found = {(arm.setting, arm.strategy) for arm in arms}
+    for name in ("flora", "flora-fresh", "zeropad", "flexlora", "ffa"):
+        assert ("het", name) in found
+    assert ("r8", "fedit") in found and ("het", "fedit") not in found
+    assert {arm.kind for arm in arms} == set(KINDS)
+    assert {arm.setting for arm in arms} == set(SETTINGS)
+    assert len(quick_arms()) == 2 * len(SETTINGS) + 2
+    args = build_parser().parse_args(["compare", "--rounds", "4", "--out", "x", "--quick"])
+    assert args.rounds == 4 and args.out == Path("x") and args.quick
+
+
+def test_arms_refuse_what_they_cannot_run() -> None:
+    with pytest.raises(ValueError, match="`kind` is 'global'"):
+        Arm("x", "global", "het", "flora")
+    with pytest.raises(ValueError, match="needs `strategy` set"):
+        Arm("x", "federated", "het")
+    with pytest.raises(ValueError, match="`setting` is 'iid'"):
+        Arm("x", "local", "iid")
+    with pytest.raises(ValueError, match="`--settings` names 'iid'"):
+        default_arms(["het", "iid"])

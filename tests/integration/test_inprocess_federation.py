@@ -46,9 +46,11 @@ def _run_config(tmp_path: Path, **extra: object) -> dict:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory):
-    """Run once: 3 nodes x 2 rounds, capturing every train reply the server receives."""
+    """Run once: 3 nodes x 2 rounds, capturing every train reply the server receives. The
+    paper's FLoRA (fresh B each round): the global is the sum of the replies' products
+    (tests/integration/test_flora_continue_federation.py checks the continuing `flora`)."""
     tmp_path = tmp_path_factory.mktemp("fed")
-    config = _run_config(tmp_path)
+    config = _run_config(tmp_path, strategy="flora-fresh")
     nodes = [{"partition-id": i, "num-partitions": 3, "num-threads": 1} for i in range(3)]
     # The third node has a larger training set: FLoRA must weight it by n_i.
     nodes[2]["lora-alpha"] = 12.0

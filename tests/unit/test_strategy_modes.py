@@ -88,15 +88,16 @@ def test_plain_stacking_without_a_cap_sends_more_to_each_node_as_nodes_join() ->
 
 @pytest.mark.parametrize(
     ("name", "mode", "freeze"),
-    [("flora", p.MERGE, False), ("ffa", p.MERGE, True), ("fedit", p.CONTINUE, False),
-     ("zeropad", p.CONTINUE, False), ("flexlora", p.CONTINUE, False)],
+    [("flora", p.CONTINUE_MERGED, False), ("flora-fresh", p.MERGE, False), ("ffa", p.MERGE, True),
+     ("fedit", p.CONTINUE, False), ("zeropad", p.CONTINUE, False),
+     ("flexlora", p.CONTINUE, False)],
 )  # fmt: skip
 def test_the_strategy_chooses_what_the_node_does(name: str, mode: str, freeze: bool) -> None:
     strategy = STRATEGIES[name](federation=Federation(seed=3), options=AggregationOptions())
     config = strategy.instruction(1)
     assert config[p.NODE_MODE] == mode
     assert bool(config.get(p.FREEZE_A, False)) == freeze
-    assert (p.SHARED_A_SEED in config) == (name != "flora")
+    assert (p.SHARED_A_SEED in config) == (not name.startswith("flora"))
 
 
 def test_continuing_nodes_get_only_their_own_rank_on_the_downlink() -> None:
@@ -123,7 +124,8 @@ def test_ffa_refuses_a_node_that_trained_a() -> None:
 
 
 def test_settings_refuse_what_a_strategy_cannot_do_before_round_1() -> None:
-    with pytest.raises(SettingsError, match=r"needs one rank.*\(ffa, flexlora, flora, zeropad\)"):
+    heterogeneous = r"\(ffa, flexlora, flora, flora-fresh, zeropad\)"
+    with pytest.raises(SettingsError, match=r"needs one rank.*" + heterogeneous):
         server_settings({**DEFAULT_RUN_CONFIG, "strategy": "fedit", "lora-ranks": "4,8,16"})
     with pytest.raises(SettingsError, match="`server-lr` is 2, but `strategy` zeropad"):
         server_settings({**DEFAULT_RUN_CONFIG, "strategy": "zeropad", "server-lr": 2.0})

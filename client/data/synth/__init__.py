@@ -14,6 +14,12 @@ import random
 from pathlib import Path
 
 from client.data.synth import banking, cardiology, pediatrics
+from client.data.synth.institutions import (
+    SCARCE_NAMES,
+    SCARCE_TRAIN,
+    institution,
+    institution_records,
+)
 from client.data.synth.template import Template
 
 PROFILES: tuple[str, ...] = ("hospital-cardiology", "hospital-pediatrics", "bank-transactions")
@@ -157,3 +163,103 @@ def write_partition(
     _write_jsonl(out_dir / TRAIN_FILE, train)
     _write_jsonl(out_dir / EVAL_FILE, evaluation)
     return out_dir
+
+
+# --- settings: the default three domains, or the scarce six institutions -------------------------
+
+SETTINGS: tuple[str, ...] = ("domains", "scarce")
+
+
+def synth_institution(
+    name: str, *, n_train: int = 48, n_eval: int = 64, seed: int = 0
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Generate the train and eval records of one institution of the ``scarce`` setting.
+
+    Parameters
+    ----------
+    name : str
+        One of ``SCARCE_NAMES`` (client/data/synth/institutions.py).
+    n_train : int, default 48
+        Number of training records.
+    n_eval : int, default 64
+        Number of evaluation records.
+    seed : int, default 0
+        Run seed; each institution and split draws from its own generator.
+
+    Returns
+    -------
+    tuple of (list of dict, list of dict)
+        The ``(train, eval)`` records, each ``{"text": ...}`` of 60-250 ASCII characters.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown or a count is negative.
+    """
+    inst = institution(name)
+    bounds = {"min_chars": MIN_CHARS, "max_chars": MAX_CHARS}
+    train = institution_records(inst, n=n_train, seed=seed, split="train", **bounds)
+    evaluation = institution_records(inst, n=n_eval, seed=seed, split="eval", **bounds)
+    return train, evaluation
+
+
+def write_setting(
+    out_dir: Path,
+    setting: str,
+    *,
+    partitions: int = 3,
+    n_train: int | None = None,
+    n_eval: int = 64,
+    seed: int = 0,
+) -> list[Path]:
+    """Write one folder of ``train.jsonl``/``eval.jsonl`` per institution of a setting.
+
+    Parameters
+    ----------
+    out_dir : pathlib.Path
+        Parent folder; one sub-folder per institution, named after it.
+    setting : str
+        ``domains``: ``partitions`` institutions cycling over the three domains (256 training
+        records each by default); ``scarce``: the six institutions of ``SCARCE_NAMES`` (48
+        training records each by default; ``partitions`` is ignored).
+    partitions : int, default 3
+        Number of institutions in the ``domains`` setting.
+    n_train : int or None, default None
+        Training records per institution; None: the setting's default.
+    n_eval : int, default 64
+        Evaluation records per institution.
+    seed : int, default 0
+        Run seed.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The institutions' folders, in order.
+
+    Raises
+    ------
+    ValueError
+        If ``setting`` is unknown or a count is negative.
+    """
+    if setting == "scarce":
+        folders = []
+        for name in SCARCE_NAMES:
+            train, evaluation = synth_institution(
+                name, n_train=SCARCE_TRAIN if n_train is None else n_train, n_eval=n_eval,
+                seed=seed,
+            )  # fmt: skip
+            folder = out_dir / name
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_jsonl(folder / TRAIN_FILE, train)
+            _write_jsonl(folder / EVAL_FILE, evaluation)
+            folders.append(folder)
+        return folders
+    if setting != "domains":
+        raise ValueError(f"`--setting` is {setting!r}: use one of {', '.join(SETTINGS)}")
+    count = 256 if n_train is None else n_train
+    names = [PROFILES[i] if i < len(PROFILES) else f"{PROFILES[i % 3]}-{i // 3}"
+             for i in range(partitions)]  # fmt: skip
+    return [
+        write_partition(out_dir / name, pid, n_train=count, n_eval=n_eval, seed=seed)
+        for pid, name in enumerate(names)
+    ]
