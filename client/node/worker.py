@@ -1,0 +1,203 @@
+"""The node worker: one long-lived process that runs every message of this node's ClientApp.
+
+Flower 1.39's SuperNode runs a fresh ``flwr-clientapp`` process per message (through its
+SuperExec); each one imports torch/transformers/peft/opacus and loads the base model again.
+``fedlora node start`` instead runs ``flower-supernode --isolation process`` (no SuperExec) and
+this worker in its place. It loops with Flower's own functions against the SuperNode's Runtime
+API (HTTP, loopback):
+
+1. ``AcquireTask`` for a ``flwr-clientapp`` task: a token for one message, as SuperExec gets it;
+2. with that token, what ``flwr-clientapp`` does (``run_clientapp``): task heartbeats,
+   ``pull_task_input``, the ClientApp, ``push_message``, ``push_task_output`` (the Context) —
+   but without ``flwr_exit`` at the end, so the imports, the base-model cache
+   (``client/model/cache.py``) and a GPU's CUDA context stay for the next message.
+
+The ClientApp is the node's installed ``client.app:app``, imported once (a run whose FAB is not
+fedlora's is refused with an error reply); it is loaded by reference, so this module stays
+torch-free. A message is handled exactly as in ``flwr-clientapp``: the same Message and Context
+in, the same reply out, errors turned into the same error replies; the privacy ledger is written
+inside the ClientApp before the reply is pushed. If this process dies mid-message, the SuperNode
+answers the message with Flower's "ClientApp crashed" error once the task's heartbeats stop,
+and ``fedlora node start`` starts a new worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from logging import ERROR, WARNING
+
+import httpx
+from flwr.app import Context, Error, Message
+from flwr.clientapp.client_app import ClientApp, LoadClientAppError
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest
+from flwr.supercore import log
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+)
+from flwr.supercore.object_ref import load_app
+from flwr.supercore.retry import RetryInvoker, make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+from client.node.records import MessageRecord, timed_message
+
+APP_REF = "client.app:app"
+FAB_PUBLISHER = "fedlora/"
+POLL_S = 0.2  # AcquireTask on loopback: cheap; Flower's SuperExec polls every 1 s
+COMPONENT = "flwr-clientapp"  # what the Runtime API's version check expects of a ClientApp
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one task ended: Flower's sub-status and details for ``PushTaskOutput``."""
+
+    sub_status: str
+    details: str
+    reply: Message | None
+
+
+def load_client_app() -> ClientApp:
+    """Import the node's ClientApp once (torch, transformers, peft, opacus come with it)."""
+    app = load_app(APP_REF, LoadClientAppError)
+    if not isinstance(app, ClientApp):
+        raise LoadClientAppError(f"`{APP_REF}` is not a Flower ClientApp")
+    return app
+
+
+def runtime_client(
+    address: str, token: str | None = None, *, retry: RetryInvoker | None = None
+) -> RuntimeHttpClient:
+    """A Runtime API client as Flower's SuperExec (no token) or ClientApp (token) builds it."""
+    interceptors: list[object] = [RuntimeVersionHttpInterceptor(component_name=COMPONENT)]
+    if token is not None:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,  # loopback, the SuperNode's own Runtime API: no TLS, as Flower's default
+        root_certificates=None,
+        interceptors=interceptors,  # type: ignore[arg-type]
+        retry_invoker=retry or make_simple_http_retry_invoker(),
+    )
+
+
+def acquire(client: RuntimeHttpClient) -> str | None:
+    """The token of the next pending ClientApp task, or None."""
+    res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+    if res.HasField("task") and res.token:
+        return str(res.token)
+    return None
+
+
+def heartbeat_fn(client: RuntimeHttpClient, lost: threading.Event) -> Callable[[], bool]:
+    """Flower's task heartbeat (``make_task_heartbeat_fn_http``), except that a task the
+    SuperNode no longer knows is marked lost instead of SIGINT to the whole process."""
+    request = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            res = client.SendTaskHeartbeat(request)
+        except httpx.TransportError:
+            return False
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code in (httpx.codes.SERVICE_UNAVAILABLE,
+                                            httpx.codes.GATEWAY_TIMEOUT):  # fmt: skip
+                return False
+            raise
+        if not res.success:
+            lost.set()
+        return True
+
+    return beat
+
+
+def handle(app: ClientApp, message: Message, context: Context, fab_id: str) -> Outcome:
+    """Run the ClientApp on one message; errors become Flower's error replies."""
+    try:
+        if not fab_id.startswith(FAB_PUBLISHER):
+            raise LoadClientAppError(f"run of app {fab_id!r}: this node runs only fedlora")
+        reply = app(message=message, context=context)
+        return Outcome(SubStatus.COMPLETED, "", reply)
+    except Exception as ex:  # as flwr-clientapp: the reply carries the reason
+        code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        reason = str(type(ex)) + ":<'" + str(ex) + "'>"
+        if isinstance(ex, LoadClientAppError):
+            code, reason = ErrorCode.LOAD_CLIENT_APP_EXCEPTION, str(ex)
+        log(ERROR, "ClientApp raised an exception", exc_info=ex)
+        return Outcome(SubStatus.FAILED, reason, Message(Error(code=code, reason=reason),
+                                                         reply_to=message))  # fmt: skip
+
+
+def run_task(app: ClientApp, address: str, token: str) -> MessageRecord | None:
+    """One message, as ``flwr-clientapp`` runs it, minus the process exit."""
+    retry = make_simple_http_retry_invoker()
+    client = runtime_client(address, token, retry=retry)
+    lost = threading.Event()
+    heartbeat = HeartbeatSender(heartbeat_fn(client, lost))
+    heartbeat.start()
+    context: Context | None = None
+    outcome = Outcome(SubStatus.FAILED, "ClientApp task failed due to unknown reason", None)
+    record = None
+    try:
+        message, context, run, _fab = pull_task_input(client)
+        with timed_message(message) as record:
+            outcome = handle(app, message, context, run.fab_id)
+            record.reply = outcome.reply
+        if outcome.reply is not None and not lost.is_set():
+            push_message(client, outcome.reply, context)
+    except Exception as ex:  # the SuperNode answers the message for us once the token expires
+        log(ERROR, "Node worker: task failed outside the ClientApp", exc_info=ex)
+        outcome = Outcome(SubStatus.FAILED, f"node worker: {ex}", None)
+    finally:
+        retry.max_tries = 1  # as flwr-clientapp's exit handler: do not block on a gone task
+        push_task_output(client=client, context=context, sub_status=outcome.sub_status,
+                         details=outcome.details)  # fmt: skip
+        heartbeat.stop()
+        client.close()
+    if lost.is_set():
+        log(WARNING, "Node worker: the SuperNode dropped this task (no heartbeat in time)")
+    return record
+
+
+def serve(address: str, *, echo: Callable[[str], None] = print) -> None:
+    """Import the ClientApp, then run the SuperNode's ClientApp tasks one after another."""
+    started = time.monotonic()
+    app = load_client_app()
+    echo(f"[fedlora] node worker ready in {time.monotonic() - started:.1f} s (imports)")
+    control = runtime_client(address)
+    while True:
+        try:
+            token = acquire(control)
+        except (httpx.HTTPError, OSError) as err:  # the SuperNode is (re)starting
+            log(WARNING, "Node worker: Runtime API at %s not reachable: %s", address, err)
+            time.sleep(1.0)
+            continue
+        if token is None:
+            time.sleep(POLL_S)
+            continue
+        record = run_task(app, address, token)
+        if record is not None:
+            echo(record.line())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client.node.worker", description=__doc__)
+    parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's HOST:PORT")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.runtime_api_address, echo=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
