@@ -113,7 +113,7 @@ def test_a_worker_killed_mid_round_is_restarted_and_the_run_completes(
     old = worker_pid(federation, name)
     assert old is not None
     # Long enough training that the kill lands inside it; one reply is enough for a round.
-    config = ("local-steps=60", "synth-eval-examples=16", "batch-size=4", "min-nodes=2",
+    config = ("local-steps=30", "synth-eval-examples=16", "batch-size=4", "min-nodes=2",
               "min-replies=1")  # fmt: skip
     follow = Follow("--dir", federation.fed, "--rounds", "2",
                     *[a for item in config for a in ("--config", item)])  # fmt: skip
