@@ -30,12 +30,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from logging import ERROR, WARNING
+from typing import Any
 
 import httpx
 from flwr.app import Context, Error, Message
 from flwr.clientapp.client_app import ClientApp, LoadClientAppError
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest
+from flwr.proto.runtime_pb2 import (
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullAppMessagesResponse,
+    SendTaskHeartbeatRequest,
+)
 from flwr.supercore import log
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender
@@ -53,6 +59,7 @@ from client.node.records import MessageRecord, timed_message
 APP_REF = "client.app:app"
 FAB_PUBLISHER = "fedlora/"
 POLL_S = 0.2  # AcquireTask on loopback: cheap; Flower's SuperExec polls every 1 s
+MESSAGE_WAIT_S = 30.0  # see WaitForMessage
 COMPONENT = "flwr-clientapp"  # what the Runtime API's version check expects of a ClientApp
 
 
@@ -95,6 +102,33 @@ def acquire(client: RuntimeHttpClient) -> str | None:
     if res.HasField("task") and res.token:
         return str(res.token)
     return None
+
+
+class WaitForMessage:
+    """A task's Runtime API client whose ``PullMessages`` waits for the task's message.
+
+    The SuperNode creates a task (``state.create_task``) just before it stores the task's
+    message (``state.store_message``, flwr/supernode/start_client_internal.py). A fresh
+    ``flwr-clientapp`` needs seconds to start, so it never asks in between; a worker that acquires
+    the task at once may, and Flower's ``pull_task_input`` would then fail the task without a
+    reply — and the SuperNode, which waits for that reply before it takes the next message,
+    would wait forever. So an empty answer is asked again, for up to ``wait_s``.
+    """
+
+    def __init__(self, client: RuntimeHttpClient, *, wait_s: float = MESSAGE_WAIT_S) -> None:
+        self._client = client
+        self._wait_s = wait_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def PullMessages(self, request: PullAppMessagesRequest) -> PullAppMessagesResponse:
+        deadline = time.monotonic() + self._wait_s
+        while True:
+            res: PullAppMessagesResponse = self._client.PullMessages(request)
+            if res.messages_list or time.monotonic() > deadline:
+                return res
+            time.sleep(0.05)
 
 
 def heartbeat_fn(client: RuntimeHttpClient, lost: threading.Event) -> Callable[[], bool]:
@@ -147,7 +181,7 @@ def run_task(app: ClientApp, address: str, token: str) -> MessageRecord | None:
     outcome = Outcome(SubStatus.FAILED, "ClientApp task failed due to unknown reason", None)
     record = None
     try:
-        message, context, run, _fab = pull_task_input(client)
+        message, context, run, _fab = pull_task_input(WaitForMessage(client))  # type: ignore[arg-type]
         with timed_message(message) as record:
             outcome = handle(app, message, context, run.fab_id)
             record.reply = outcome.reply

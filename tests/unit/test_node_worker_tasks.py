@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode, SubStatus
+from flwr.common.serde import message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.node.worker import handle, heartbeat_fn
@@ -76,3 +78,31 @@ def test_a_task_the_supernode_dropped_is_marked_lost_without_signalling_the_work
     beat = heartbeat_fn(Runtime(), lost)  # type: ignore[arg-type]
     assert beat() is True  # Flower's version raises SIGINT here: the whole worker would stop
     assert lost.is_set()
+
+
+def test_the_message_of_a_task_acquired_before_it_was_stored_is_waited_for() -> None:
+    """The SuperNode creates a task just before it stores the task's message; a worker that asks
+    in between gets no message and must ask again, not fail the task without a reply."""
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullAppMessagesResponse
+
+    from client.node.worker import WaitForMessage
+
+    stored = Message(RecordDict(), dst_node_id=1, message_type="train", group_id="1")
+    answers = [PullAppMessagesResponse(), PullAppMessagesResponse(),
+               PullAppMessagesResponse(messages_list=[message_to_proto(stored)])]  # fmt: skip
+
+    class Runtime:
+        other = "passed through"
+
+        def PullMessages(self, _request: Any) -> Any:  # Flower's RPC name
+            return answers.pop(0)
+
+    client = WaitForMessage(Runtime(), wait_s=5.0)  # type: ignore[arg-type]
+    res = client.PullMessages(PullAppMessagesRequest())
+    assert len(res.messages_list) == 1 and answers == []
+    assert client.other == "passed through"
+
+    answers[:] = [PullAppMessagesResponse()] * 1000
+    started = time.monotonic()
+    empty = WaitForMessage(Runtime(), wait_s=0.3).PullMessages(PullAppMessagesRequest())  # type: ignore[arg-type]
+    assert not empty.messages_list and 0.3 <= time.monotonic() - started < 3.0  # then it gives up
