@@ -24,6 +24,7 @@ and ``fedlora node start`` starts a new worker.
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
 import threading
 import time
@@ -170,43 +171,87 @@ def handle(app: ClientApp, message: Message, context: Context, fab_id: str) -> O
                                                          reply_to=message))  # fmt: skip
 
 
-def run_task(app: ClientApp, address: str, token: str) -> MessageRecord | None:
-    """One message, as ``flwr-clientapp`` runs it, minus the process exit."""
-    retry = make_simple_http_retry_invoker()
-    client = runtime_client(address, token, retry=retry)
-    lost = threading.Event()
-    heartbeat = HeartbeatSender(heartbeat_fn(client, lost))
-    heartbeat.start()
+@dataclass
+class Task:
+    """One ClientApp task (one message) of the SuperNode, held by its token: the Runtime API
+    client that carries the token, and the task heartbeats that keep it alive."""
+
+    client: RuntimeHttpClient
+    retry: RetryInvoker
+    heartbeat: HeartbeatSender
+    lost: threading.Event
+    message: Message | None = None
     context: Context | None = None
-    outcome = Outcome(SubStatus.FAILED, "ClientApp task failed due to unknown reason", None)
-    record = None
+    fab_id: str = ""
+
+    @classmethod
+    def start(cls, address: str, token: str) -> Task:
+        retry = make_simple_http_retry_invoker()
+        client = runtime_client(address, token, retry=retry)
+        lost = threading.Event()
+        heartbeat = HeartbeatSender(heartbeat_fn(client, lost))
+        heartbeat.start()
+        return cls(client, retry, heartbeat, lost)
+
+    def pull(self) -> None:
+        """The message, the node's Context and the run, with Flower's ``pull_task_input``."""
+        self.message, self.context, run, _fab = pull_task_input(WaitForMessage(self.client))  # type: ignore[arg-type]
+        self.fab_id = run.fab_id
+
+    def finish(self, outcome: Outcome) -> None:
+        """Push the final status and the Context; end heartbeats (flwr-clientapp's exit)."""
+        self.retry.max_tries = 1  # as flwr-clientapp's exit handler: do not block on a gone task
+        push_task_output(client=self.client, context=self.context,
+                         sub_status=outcome.sub_status, details=outcome.details)  # fmt: skip
+        self.heartbeat.stop()
+        self.client.close()
+
+
+def prepare(address: str, token: str, ready: queue.Queue[Task]) -> None:
+    """Pull a task's input (in a thread of its own), then queue the task for the ClientApp.
+
+    A task can be stale: when a run stops while the SuperNode is receiving its message, the
+    SuperNode has already created the task and stored the message but never gets its content, so
+    pulling it waits (up to Flower's ``PULL_MAX_TIME``). Flower runs each task in a process of its
+    own, so a stale one blocks nothing; here it only holds its own thread, never the next task.
+    """
+    task = Task.start(address, token)
     try:
-        message, context, run, _fab = pull_task_input(WaitForMessage(client))  # type: ignore[arg-type]
-        with timed_message(message) as record:
-            outcome = handle(app, message, context, run.fab_id)
-            record.reply = outcome.reply
-        if outcome.reply is not None and not lost.is_set():
-            push_message(client, outcome.reply, context)
-    except Exception as ex:  # the SuperNode answers the message for us once the token expires
-        log(ERROR, "Node worker: task failed outside the ClientApp", exc_info=ex)
+        task.pull()
+    except Exception as ex:  # no message to answer: report the task failed
+        log(ERROR, "Node worker: could not pull the task's message", exc_info=ex)
+        task.finish(Outcome(SubStatus.FAILED, f"node worker: {ex}", None))
+        return
+    ready.put(task)
+
+
+def execute(app: ClientApp, task: Task) -> MessageRecord:
+    """Run the ClientApp on a pulled task and push its reply, as ``flwr-clientapp`` does."""
+    assert task.message is not None and task.context is not None
+    with timed_message(task.message) as record:
+        outcome = handle(app, task.message, task.context, task.fab_id)
+        record.reply = outcome.reply
+    try:
+        if outcome.reply is not None and not task.lost.is_set():
+            push_message(task.client, outcome.reply, task.context)
+    except Exception as ex:  # as flwr-clientapp: the task ends failed
+        log(ERROR, "Node worker: failed to push the reply", exc_info=ex)
         outcome = Outcome(SubStatus.FAILED, f"node worker: {ex}", None)
     finally:
-        retry.max_tries = 1  # as flwr-clientapp's exit handler: do not block on a gone task
-        push_task_output(client=client, context=context, sub_status=outcome.sub_status,
-                         details=outcome.details)  # fmt: skip
-        heartbeat.stop()
-        client.close()
-    if lost.is_set():
+        task.finish(outcome)
+    if task.lost.is_set():
         log(WARNING, "Node worker: the SuperNode dropped this task (no heartbeat in time)")
     return record
 
 
 def serve(address: str, *, echo: Callable[[str], None] = print) -> None:
-    """Import the ClientApp, then run the SuperNode's ClientApp tasks one after another."""
+    """Import the ClientApp, then take the SuperNode's ClientApp tasks as they come: each pulls
+    its input in its own thread, the ClientApp runs them one at a time in this thread."""
     started = time.monotonic()
     app = load_client_app()
     echo(f"[fedlora] node worker ready in {time.monotonic() - started:.1f} s (imports)")
     control = runtime_client(address)
+    ready: queue.Queue[Task] = queue.Queue()
     while True:
         try:
             token = acquire(control)
@@ -214,12 +259,13 @@ def serve(address: str, *, echo: Callable[[str], None] = print) -> None:
             log(WARNING, "Node worker: Runtime API at %s not reachable: %s", address, err)
             time.sleep(1.0)
             continue
-        if token is None:
-            time.sleep(POLL_S)
+        if token is not None:
+            threading.Thread(target=prepare, args=(address, token, ready), daemon=True).start()
+        try:
+            task = ready.get(timeout=POLL_S)
+        except queue.Empty:
             continue
-        record = run_task(app, address, token)
-        if record is not None:
-            echo(record.line())
+        echo(execute(app, task).line())
 
 
 def main(argv: list[str] | None = None) -> int:
