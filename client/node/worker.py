@@ -12,6 +12,9 @@ API (HTTP, loopback):
    but without ``flwr_exit`` at the end, so the imports, the base-model cache
    (``client/model/cache.py``) and a GPU's CUDA context stay for the next message.
 
+Each task pulls its input in a thread of its own (a stale task must not hold up the next one:
+:func:`prepare`); the ClientApp runs one message at a time, in the main thread.
+
 The ClientApp is the node's installed ``client.app:app``, imported once (a run whose FAB is not
 fedlora's is refused with an error reply); it is loaded by reference, so this module stays
 torch-free. A message is handled exactly as in ``flwr-clientapp``: the same Message and Context
