@@ -1,9 +1,17 @@
-"""Starting and ending Flower's daemons (SuperLink, SuperNode) as foreground children.
+"""Starting and ending Flower's daemons (SuperLink, SuperNode) and the node worker as
+foreground children.
 
 Each daemon runs in its own process group. Flower's daemons spawn children of their own
 (``flower-superexec``, ``flwr-serverapp``, ``flwr-clientapp``), some in new sessions; on exit we
 end the daemon's group and every descendant we saw, so nothing outlives the command.
-Torch-free.
+
+That needs our command to live to its ``finally``. When it is killed outright (SIGKILL: the OOM
+killer, a service manager, a person), Linux's parent-death signal stops its children instead:
+each daemon starts through a tiny wrapper that sets ``PR_SET_PDEATHSIG`` to SIGKILL and then
+``exec``s the daemon (the setting survives ``exec``), so the kernel kills the daemon when the
+thread that spawned it dies — :func:`spawn` must be called from a thread that lives as long as
+the daemon should (the main thread, in our commands). Flower's own children watch their parent's
+PID (``--parent-pid``) and exit within a second when it is gone. Torch-free.
 """
 
 from __future__ import annotations
@@ -21,6 +29,18 @@ from pathlib import Path
 import psutil
 
 GRACE_S = 10.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+# python -I -c WRAPPER PARENT_PID ARGV...: die with the parent, then become ARGV. No imports
+# beyond the standard library (about 20 ms). If the parent is already gone, exit at once.
+_WRAPPER = f"""
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_PDEATHSIG) failed: errno " + str(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 def bin_dir() -> Path:
@@ -42,12 +62,15 @@ def spawn(
     watch: Callable[[bytes], None] | None = None,
 ) -> subprocess.Popen[bytes]:  # fmt: skip
     """Start ``argv`` in a new process group; output to ``log_path`` (appended), or passed
-    through to ours with each line shown to ``watch`` first, or inherited."""
+    through to ours with each line shown to ``watch`` first, or inherited.
+
+    On Linux the child is killed when the calling thread dies, however it dies (module doc).
+    """
     out = log_path.open("ab") if log_path is not None else None
     piped = out is None and watch is not None
     try:
         proc = subprocess.Popen(
-            list(argv),
+            with_parent_death_signal(argv),
             env=dict(env),
             stdout=subprocess.PIPE if piped else out,
             stderr=subprocess.STDOUT if out or piped else None,
@@ -60,6 +83,13 @@ def spawn(
     if piped and watch is not None:
         threading.Thread(target=_relay, args=(proc, watch), daemon=True).start()
     return proc
+
+
+def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
+    """``argv`` behind the wrapper that makes it die with us (Linux); ``argv`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-c", _WRAPPER, str(os.getpid()), *argv]
 
 
 def _relay(proc: subprocess.Popen[bytes], watch: Callable[[bytes], None]) -> None:

@@ -36,6 +36,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from client.model import phases
 from client.model.loading import (
     load_base,
     module_name,
@@ -104,7 +105,8 @@ def checkout(
     with _lock:
         entry = _idle.pop(key, None) if enabled() else None
     if entry is None:
-        model, tokenizer = load_base(base_model, device=device, dtype=dtype)
+        with phases.phase("load"):
+            model, tokenizer = load_base(base_model, device=device, dtype=dtype)
         entry = _Entry(key, model, tokenizer)
     if gradient_checkpointing:
         _set_checkpointing(entry.model, enabled=True)
@@ -122,7 +124,13 @@ def _entry_of(model: torch.nn.Module) -> _Entry:
 def apply_global(model: PreTrainedModel, arrays: Mapping[str, NDArray[np.floating]]) -> None:
     """Apply the global adapter ``(B_g, A_g)`` (scaling 1): merged into fp32 weights, else
     a frozen fp32 adapter beside the weights (module doc)."""
-    entry = _entry_of(model)
+    with phases.phase("apply"):
+        _apply_global(_entry_of(model), model, arrays)
+
+
+def _apply_global(
+    entry: _Entry, model: PreTrainedModel, arrays: Mapping[str, NDArray[np.floating]]
+) -> None:
     pairs: dict[str, dict[str, NDArray[np.floating]]] = {}
     for key, value in arrays.items():
         pairs.setdefault(module_name(key), {})[key] = value

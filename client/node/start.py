@@ -1,6 +1,9 @@
-"""``fedlora node start``: check the node folder and data, then run Flower's SuperNode.
+"""``fedlora node start``: check the node folder and data, then run the node: Flower's SuperNode
+(``--isolation process``) and one long-lived node worker (``client/node/worker.py``) that runs
+every message of the ClientApp, keeping the imports, the base model and a GPU's context.
 
-Torch-free: the SuperNode's ClientApp processes load the model.
+Torch-free: the worker process loads the model. A worker that dies is started again; the
+SuperNode answers the message it was on with Flower's "ClientApp crashed" error.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ import hashlib
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -30,6 +36,8 @@ from common.daemon import StopRequested, bin_dir, daemon_env, raise_on_signals, 
 ACTIVATION_REFUSED = b"Failed to activate SuperNode"
 ACTIVATION_RETRY_S = 150.0
 RETRY_PAUSE_S = 10.0
+WORKER_PAUSE_S = (1.0, 30.0)  # a worker that keeps dying is restarted ever more slowly
+WORKER_STEADY_S = 60.0  # ... until it has stayed up this long
 
 
 def check_data(data: Path) -> None:
@@ -125,6 +133,8 @@ def supernode_argv(node: NodeDir, info: NodeInfo, *, config: str, port: int) -> 
         config,
         "--port",
         str(port),
+        "--isolation",
+        "process",  # no SuperExec: the node worker takes the ClientApp tasks
     ]
     if info.insecure:
         return [*argv, "--insecure"]
@@ -160,26 +170,81 @@ def start(
     node.state.mkdir(exist_ok=True)
     node.flower_home.mkdir(exist_ok=True)
     config = node_config(node, info, data=data, rank=rank, device=device, overrides=overrides)
-    argv = supernode_argv(node, info, config=config, port=port or free_port())
+    port = port or free_port()
+    argv = supernode_argv(node, info, config=config, port=port)
     if warning:
         echo(f"[fedlora] {warning}")
     raise_on_signals()
     env = daemon_env({"FLWR_HOME": str(node.flower_home)})
     echo(f"[fedlora] node {info.name}: connecting to {info.superlink} (Ctrl-C to stop)")
     try:
-        return _supervise(argv, env, echo)
+        return _supervise(argv, env, echo, worker=Worker(worker_argv(port), env, echo))
     except StopRequested as sig:
         echo(f"[fedlora] {sig}: stopping node {info.name}")
         return 0
 
 
-def _supervise(argv: list[str], env: Mapping[str, str], echo: Callable[[str], None]) -> int:
-    """Run the SuperNode; start it again while the SuperLink refuses to activate it.
+def worker_argv(port: int) -> list[str]:
+    """The node worker's command line: this Python, against the SuperNode's Runtime API."""
+    return [sys.executable, "-m", "client.node.worker", "--runtime-api-address",
+            f"127.0.0.1:{port}"]  # fmt: skip
+
+
+@dataclass
+class Worker:
+    """The node worker process, started again whenever it exits (``check`` from one thread)."""
+
+    argv: list[str]
+    env: Mapping[str, str]
+    echo: Callable[[str], None]
+    proc: subprocess.Popen[bytes] | None = None
+    since: float = 0.0
+    pause: float = WORKER_PAUSE_S[0]
+    due: float = 0.0
+
+    def check(self) -> None:
+        """Start the worker if it is not running (after a pause if it died young)."""
+        now = time.monotonic()
+        if self.proc is not None and self.proc.poll() is None:
+            if now - self.since > WORKER_STEADY_S:
+                self.pause = WORKER_PAUSE_S[0]
+            return
+        if self.proc is not None:
+            code = self.proc.returncode
+            self.proc = None
+            self.due = now + self.pause
+            self.echo(f"[fedlora] the node worker stopped (exit code {code}); starting a new "
+                      f"one in {self.pause:.0f} s")  # fmt: skip
+            self.pause = min(self.pause * 2, WORKER_PAUSE_S[1])
+        if now >= self.due:
+            self.proc = spawn(self.argv, env=self.env)
+            self.since = now
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+
+def _supervise(
+    argv: list[str], env: Mapping[str, str], echo: Callable[[str], None], *, worker: Worker
+) -> int:
+    """Run the SuperNode and the node worker; start the SuperNode again while the SuperLink
+    refuses to activate it, and the worker whenever it exits.
 
     After a node crashes, the SuperLink counts its old session as online until two heartbeat
     intervals (60 s) pass and refuses to activate the same key meanwhile (Flower exit code 305).
     A revoked key is refused the same way, so the retries stop after ``ACTIVATION_RETRY_S``.
     """
+    try:
+        return _run_supernode(argv, env, echo, worker=worker)
+    finally:
+        worker.stop()
+
+
+def _run_supernode(
+    argv: list[str], env: Mapping[str, str], echo: Callable[[str], None], *, worker: Worker
+) -> int:
     refused_since: float | None = None
     while True:
         refused = threading.Event()
@@ -191,6 +256,7 @@ def _supervise(argv: list[str], env: Mapping[str, str], echo: Callable[[str], No
         proc = spawn(argv, env=env, watch=watch)
         try:
             while proc.poll() is None:
+                worker.check()
                 time.sleep(0.5)
         finally:
             stop(proc)

@@ -5,6 +5,7 @@ SIGKILL in the middle of a round, the server killed with SIGKILL after round 2 o
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -13,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from safetensors.numpy import load_file
 
@@ -86,17 +86,10 @@ def _configs(*items: str) -> list[str]:
 
 
 def _training(federation: Federation, name: str) -> bool:
-    """The node is inside a round: a live ClientApp process runs under its daemon."""
-    proc = federation.daemons.procs[name]
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and "flwr-clientapp" in " ".join(
-                child.cmdline()
-            ):
-                return True
-        except psutil.Error:
-            continue
-    return False
+    """The node is inside a round: its SuperNode received a train message that its worker has
+    not answered yet (the worker logs one record line per message it answers)."""
+    log = federation.daemons.log(name)
+    return log.count("Receiving: train message") > len(re.findall(r"\] round \d+ train: ", log))
 
 
 def _start(federation: Federation, name: str) -> None:
