@@ -92,3 +92,32 @@ def generate_key(node: NodeDir) -> str:
     write_private(node.key, private)
     node.pub.write_text(public + "\n")
     return public
+
+
+def check_key_pair(node: NodeDir) -> None:
+    """Before connecting: ``node.key`` is private (0600), a P-384 key, and ``node.pub`` is its
+    public half; each problem names the file and the fix."""
+    mode = node.key.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PermissionError(
+            f"{node.key} is readable by others (mode {mode:o}): `chmod 600 {node.key}`; the key "
+            "never leaves this machine, and no other user should read it"
+        )
+    try:
+        key = serialization.load_ssh_private_key(node.key.read_bytes(), password=None)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{node.key} is not an OpenSSH private key ({err}): restore it from your backup, or "
+            "join again with a new token into a fresh folder"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp384r1":
+        raise ValueError(f"{node.key} is not an EC P-384 key: join again into a fresh folder")
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    given = node.pub.read_text().split()[:2] if node.pub.is_file() else []
+    if given != public.decode().split()[:2]:
+        raise ValueError(
+            f"{node.pub} is not the public half of {node.key}: the server knows this node by the "
+            f"key it enrolled; restore both files from the same backup"
+        )

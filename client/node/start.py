@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from client.data.records import read_jsonl
 from client.data.synth import EVAL_FILE, TRAIN_FILE
 from client.node.enroll import split_address
-from client.node.folder import NodeDir, NodeInfo
+from client.node.folder import NodeDir, NodeInfo, check_key_pair
 from client.privacy.settings import KEYS as PRIVACY_KEYS
 from client.privacy.settings import node_privacy
 from common.config import ConfigValue, SettingsError
@@ -160,6 +160,7 @@ def start(
     """Run Flower's SuperNode for this node until SIGINT/SIGTERM (reconnecting as needed)."""
     node = NodeDir(root)
     info = node.load()
+    check_key_pair(node)
     warning = check_federation(node, info)
     check_data(data)
     check_node_overrides(overrides or {})
