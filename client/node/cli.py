@@ -63,7 +63,8 @@ def add_node_commands(sub: Any, parse_value: Parse) -> None:
         type=parse_value,
         action="append",
         metavar="KEY=VALUE",
-        help="this node's own policy, e.g. --config privacy=dp-sgd --config dp-max-epsilon=8 "
+        help="this node's own policy, e.g. --config privacy=dp-sgd --config dp-noise-multiplier=1 "
+        "--config dp-max-epsilon=8 "
         "(may only tighten the run's privacy; repeatable)",
     )
     start.set_defaults(func=_cmd_node_start)
