@@ -29,7 +29,7 @@ flower-demo: $(STAMP)
 	  --federation-config "num-supernodes=3 client-resources-num-cpus=1" \
 	  --run-config "run-dir='$(CURDIR)/runs'"
 
-# The fast tier (unit, component, in-process integration; about 4 min on 2 cores). test-all adds
+# The fast tier (unit, component, in-process integration; about 2 min on 2 cores). test-all adds
 # the real-process tests (Flower daemons over TLS on loopback, Ray): what CI runs.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
