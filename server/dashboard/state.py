@@ -6,13 +6,15 @@ the run folders under ``FED/runs``. Nothing here writes or changes the federatio
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from server.operator.federation_dir import FederationDir
 from server.operator.flower_control import FlowerNode, list_nodes
-from server.report.view import RunView, run_folders, run_view
+from server.report.view import ADAPTER_DIR, RunView, run_folders, run_view
+from server.run.runlog import METRICS_FILE
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,34 @@ def node_rows(fed: FederationDir, flower: dict[int, FlowerNode]) -> list[NodeRow
     return rows
 
 
+# Run folder -> (its files' signature, its view): the page reloads every few seconds, and a
+# folder whose records did not change is not read and parsed again.
+_VIEWS: dict[Path, tuple[tuple[int, int, bool, int], RunView]] = {}
+
+
+def _signature(path: Path) -> tuple[int, int, bool, int]:
+    metrics = path / METRICS_FILE
+    stat = metrics.stat() if metrics.is_file() else None
+    return (
+        stat.st_mtime_ns if stat else 0,
+        stat.st_size if stat else 0,
+        (path / ADAPTER_DIR).is_dir(),
+        int(time.time() // 60),  # "running" turns "interrupted" with time alone
+    )
+
+
+def _view(path: Path) -> RunView:
+    signature = _signature(path)
+    cached = _VIEWS.get(path)
+    if cached is None or cached[0] != signature:
+        cached = (signature, run_view(path))
+        _VIEWS[path] = cached
+    return cached[1]
+
+
 def runs(fed: FederationDir, *, limit: int = 20) -> list[RunView]:
     """The newest ``limit`` runs under ``FED/runs``, newest first."""
-    return [run_view(path) for path in run_folders(fed.runs)[:limit]]
+    return [_view(path) for path in run_folders(fed.runs)[:limit]]
 
 
 def find_run(fed: FederationDir, run_id: str) -> Path | None:

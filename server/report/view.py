@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.run.runlog import METRICS_FILE
+from server.run.runlog import METRICS_FILE, read_metrics
 
 SETTINGS_FILE = "settings.json"
 ADAPTER_DIR = "adapter"
@@ -76,24 +76,8 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    """``metrics.jsonl``'s records; a line cut short by a crash or a concurrent write is skipped."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("round"), int):
-            records.append(record)
-    return records
-
-
 def _status(run_dir: Path, records: Sequence[dict[str, Any]], *, stale_s: float) -> str:
-    if any("stopped" in r for r in records[-1:]):
+    if records and "stopped" in records[-1]:
         return "stopped"
     if (run_dir / ADAPTER_DIR).is_dir():
         return "finished"
@@ -165,7 +149,7 @@ def run_view(run_dir: Path, *, stale_s: float = 900.0) -> RunView:
         settings = json.loads((run_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         settings = {}
-    records = read_records(run_dir)
+    records = read_metrics(run_dir)
     budget = _number(settings.get("privacy", {}).get("max_epsilon"))
     view = RunView(
         run_id=run_dir.name,

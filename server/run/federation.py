@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from logging import INFO
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
-from flwr.common import log
 from flwr.serverapp import Grid
 
 from server.run.checkpoint import base_model_identity
@@ -34,16 +32,7 @@ class RunOutcome:
 
 
 def build_strategy(settings: ServerSettings) -> LoraStrategy:
-    name = settings.strategy
-    if name == "flora" and settings.privacy.mode == "dp-lora":
-        # Continuing nodes would carry every round's noised B into the next start: the global
-        # factors grow until replies pass `max-factor-norm` (measured: all refused by round 4).
-        # The paper's FLoRA (fresh B = 0 each round) keeps each release's noise in its own block.
-        log(
-            INFO, "privacy = dp-lora: flora runs as flora-fresh (nodes start from B = 0 each round)"
-        )
-        name = "flora-fresh"
-    cls = strategy_class(name)
+    cls = strategy_class(settings.strategy)
     return cls(
         federation=settings.federation,
         options=settings.aggregation,

@@ -29,9 +29,20 @@ def new_run_dir(root: Path) -> Path:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl``, in round order."""
-    with (run_dir / METRICS_FILE).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The records of ``metrics.jsonl``, in round order; none if there is no file yet. A line cut
+    short (a crash, or a reader racing the writer) is skipped, not an error."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("round"), int):
+            records.append(record)
+    return records
 
 
 def _fmt(value: float | None) -> str:

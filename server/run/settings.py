@@ -101,7 +101,7 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
     assert limits is not None and policy is not None
     return ServerSettings(
         num_rounds=rounds,
-        strategy=name,
+        strategy=_effective_strategy(name, privacy.mode),
         base_model=r.get("base-model", str, "a model directory or hub id"),
         target_modules=r.get("target-modules", str, "module names"),
         lora_ranks=ranks,
@@ -118,6 +118,16 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         resume_from=resume_from,
         run_config=dict(r.config),
     )
+
+
+def _effective_strategy(name: str, privacy_mode: str) -> str:
+    """The strategy that runs: ``flora`` under dp-lora is the paper's ``flora-fresh``.
+
+    Continuing nodes would carry every round's noised B into their next start, and the global
+    factors grew until every reply failed `max-factor-norm` (measured: by round 4). With a fresh
+    B = 0 each round, each release's noise stays in its own stacked block.
+    """
+    return "flora-fresh" if name == "flora" and privacy_mode == "dp-lora" else name
 
 
 def _reliability(
