@@ -181,12 +181,14 @@ def federation_at(root: Path) -> Iterator[Federation]:
         daemons.stop_all(force=True)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, *, every_s: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not ready after {timeout:.0f} s")
-        time.sleep(0.5)
+        time.sleep(every_s)
 
 
 def run(federation: Federation, *config: str) -> subprocess.CompletedProcess[str]:
