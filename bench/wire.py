@@ -167,8 +167,8 @@ def model_figures(
                 up / raw,
                 "×",
                 "<= 1.02",
-                f"{up / 1e6:.4f} MB vs {raw / 1e6:.4f} MB; one array per factor: "
-                f"{before / raw:.4f} ×",
+                f"{up / raw:.4f} ×, {up / 1e6:.4f} MB vs {raw / 1e6:.4f} MB; one array per "
+                f"factor: {before / raw:.4f} ×",
             ),
             Figure(
                 "wire",
