@@ -2,10 +2,12 @@
 
 Flower sends a message as a tree of content-addressed objects (message, record dict, records,
 arrays, array chunks; ``flwr.supercore.inflatable``): the bytes on the wire are the sum of the
-deflated objects, which is what is measured here. Uplink: one train reply (the node's factors,
-metrics, adapter record). Downlink: one train instruction (the global adapter after FLoRA
-aggregation, capped at ``max-global-rank``, and the training config). Compared with the raw
-factor bytes Σ r·(in+out)·4, with sending the full ΔW (Σ out·in·4) and the full fp32 model.
+deflated objects, which is what is measured here. Uplink: one train reply (the node's factors
+as one flat vector, metrics, the adapter record with the layout, the privacy record), beside
+the layout before issue 14 (one Flower array per factor). Downlink: one train instruction (the
+global adapter after FLoRA aggregation, capped at ``max-global-rank``, and the training
+config). Compared with the raw factor bytes Σ r·(in+out)·4, with sending the full ΔW
+(Σ out·in·4) and the full fp32 model.
 Factors are random (zeros would be deduplicated chunk by chunk and flatter the figure).
 """
 
@@ -25,6 +27,7 @@ from strategies import protocol as p
 from strategies.math.factors import A_SUFFIX, B_SUFFIX, join_factor_keys, split_factor_keys
 from strategies.math.flora import stack
 from strategies.math.lowrank import accumulate
+from strategies.math.packing import module_digest
 
 Arrays = dict[str, NDArray[np.float32]]
 Shapes = dict[str, tuple[int, int]]  # module -> (in, out)
@@ -70,25 +73,33 @@ def wire_bytes(content: RecordDict, *, reply: bool) -> int:
     return sum(len(obj.deflate()) for obj in objects.values())
 
 
-def uplink_bytes(factors: Arrays, rank: int) -> int:
-    """One train reply as client/app.py builds it."""
+def uplink_bytes(factors: Arrays, rank: int, *, per_factor: bool = False) -> int:
+    """One train reply as client/app.py builds it: the factors as one flat vector whose module
+    names travel as the instruction's digest. ``per_factor``: the layout before issue 14, one
+    Flower array per factor with its peft key name."""
     metrics = MetricRecord(
         {p.NUM_EXAMPLES: 256, p.TRAIN_LOSS: 2.5, p.TRAIN_LOSS_FIRST: 3.0, p.TRAIN_SECONDS: 8.0}
     )
+    if per_factor:
+        arrays, layout = p.to_record(factors), {}
+    else:
+        digest = module_digest(split_factor_keys(factors)[0])
+        arrays, layout = p.pack_factors(factors, modules_digest=digest)
     adapter = ConfigRecord(
         {
             p.RANK: rank,
             p.ALPHA: 2.0 * rank,
             p.NODE_NAME: "hospital-0",
-            p.GLOBAL_FINGERPRINT: "0" * 64,
+            p.GLOBAL_FINGERPRINT: "0" * 32,  # as long as strategies.math.validation.fingerprint
+            **layout,
         }
     )
     content = RecordDict(
         {
-            p.ARRAYS: p.to_record(factors),
+            p.ARRAYS: arrays,
             p.METRICS: metrics,
             p.ADAPTER: adapter,
-            p.PRIVACY: ConfigRecord({}),
+            p.PRIVACY: ConfigRecord({p.DP_MODE: "none"}),
         }
     )
     return wire_bytes(content, reply=True)
@@ -148,6 +159,7 @@ def model_figures(
     for rank in ranks:
         factors = random_factors(shapes, rank, rng)
         up, raw = uplink_bytes(factors, rank), raw_bytes(factors)
+        before = uplink_bytes(factors, rank, per_factor=True)
         figures += [
             Figure(
                 "wire",
@@ -155,7 +167,8 @@ def model_figures(
                 up / raw,
                 "×",
                 "<= 1.02",
-                f"{up / 1e6:.3f} MB vs {raw / 1e6:.3f} MB",
+                f"{up / raw:.4f} ×, {up / 1e6:.4f} MB vs {raw / 1e6:.4f} MB; one array per "
+                f"factor: {before / raw:.4f} ×",
             ),
             Figure(
                 "wire",

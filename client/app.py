@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from numpy.typing import NDArray
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -26,7 +26,7 @@ from client.model.loading import attach_lora, pick_device, pick_dtype
 from client.model.node_mode import NodeMode, start_lora
 from client.model.personal import attach_personal, has_personal, personal_mode, save_personal
 from client.privacy.ledger import Ledger, LedgerError
-from client.privacy.releases import LORA_FACTORS, select
+from client.privacy.releases import select
 from client.privacy.round import (
     BudgetExceededError,
     PrivacyRound,
@@ -172,17 +172,20 @@ def _train_reply(
         p.TRAIN_SECONDS: result.seconds,
         **dp_metrics,
     }
-    echo = msg.content.config_records[p.CONFIG].get(p.GLOBAL_FINGERPRINT, "")
+    instruction = msg.content.config_records[p.CONFIG]
+    # One flat vector; the names as the instruction's digest when they are the server's modules.
+    arrays, layout = p.pack_factors(factors, modules_digest=instruction.get(p.MODULES_DIGEST))
     adapter: dict[str, Any] = {
         p.RANK: settings.lora_rank,
         p.ALPHA: settings.lora_alpha,
         p.NODE_NAME: settings.name,
-        p.GLOBAL_FINGERPRINT: str(echo),  # which global adapter this reply was trained on
+        # which global adapter this reply was trained on
+        p.GLOBAL_FINGERPRINT: str(instruction.get(p.GLOBAL_FINGERPRINT, "")),
+        **layout,
     }
-    select(mode, p.ARRAYS, {LORA_FACTORS: factors})  # the table lists the factors for every mode
     return RecordDict(
         {
-            p.ARRAYS: p.to_record(factors),
+            p.ARRAYS: ArrayRecord(select(mode, p.ARRAYS, dict(arrays))),
             p.METRICS: MetricRecord(select(mode, p.METRICS, metrics)),
             p.ADAPTER: ConfigRecord(select(mode, p.ADAPTER, adapter)),
             p.PRIVACY: ConfigRecord(select(mode, p.PRIVACY, dp_config)),

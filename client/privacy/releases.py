@@ -21,13 +21,12 @@ from client.privacy.settings import MODES, PrivacyMode
 from strategies import protocol as p
 
 V = TypeVar("V")
-LORA_FACTORS = "<module>.lora_A.weight, <module>.lora_B.weight"
 _LEDGER = "the node's ledger (public parameters of accounted releases)"
 
 # (record, key) -> mode -> what the value is; a mode that is missing does not send the key.
 TABLE: dict[tuple[str, str], dict[PrivacyMode, str]] = {
-    (p.ARRAYS, LORA_FACTORS): {
-        "none": "the trained LoRA factors",
+    (p.ARRAYS, p.FACTORS): {
+        "none": "the trained LoRA factors, one float32 vector (A then B of each module)",
         "dp-sgd": "the LoRA factors after DP-SGD (noised per step, accounted per record)",
         "dp-lora": "A: public seeded init; B: clipped, Gaussian-noised change (accounted per "
         "institution)",
@@ -62,14 +61,29 @@ TABLE: dict[tuple[str, str], dict[PrivacyMode, str]] = {
     (p.ADAPTER, p.ALPHA): {m: "the node's LoRA alpha (node config)" for m in MODES},
     (p.ADAPTER, p.NODE_NAME): {m: "the node's name (node config)" for m in MODES},
     (p.ADAPTER, p.GLOBAL_FINGERPRINT): {m: "echo of the instruction's value" for m in MODES},
+    (p.ADAPTER, p.LAYOUT): {m: "[r, in, out] per module: the shapes of `factors`" for m in MODES},
+    (p.ADAPTER, p.MODULES): {
+        m: "the LoRA module names (sorted), when they are not the ones "
+        "the instruction's `modules-digest` names"
+        for m in MODES
+    },
+    (p.ADAPTER, p.MODULES_DIGEST): {
+        m: "echo of the instruction's value, when the node's modules are those" for m in MODES
+    },
     (p.PRIVACY, p.DP_MODE): {m: "the privacy mode" for m in MODES},
     (p.PRIVACY, p.DP_HISTORY): {
         "dp-sgd": "[σ, q, steps, …] of every release, once σ or q changed, from " + _LEDGER,
         "dp-lora": "[σ, q, steps, …] of every release, once σ or q changed, from " + _LEDGER,
     },
 }
-# Sent only where they apply: ε per institution, the history once σ or q changed.
-OPTIONAL = {(p.METRICS, p.DP_EPSILON_INSTITUTION), (p.PRIVACY, p.DP_HISTORY)}
+# Sent only where they apply: ε per institution, the history once σ or q changed; the module
+# names as one of the two.
+OPTIONAL = {
+    (p.METRICS, p.DP_EPSILON_INSTITUTION),
+    (p.PRIVACY, p.DP_HISTORY),
+    (p.ADAPTER, p.MODULES),
+    (p.ADAPTER, p.MODULES_DIGEST),
+}
 
 
 def reply_keys(mode: PrivacyMode, record: str) -> set[str]:

@@ -46,6 +46,7 @@ from strategies.flower.rounds import (
     wait_for_nodes,
 )
 from strategies.math.factors import LowRank, join_factor_keys, split_factor_keys
+from strategies.math.packing import module_digest
 from strategies.math.validation import ReplyLimits, Shapes, fingerprint
 from strategies.options import AggregationOptions as AggregationOptions  # re-exported
 from strategies.options import Federation as Federation  # re-exported
@@ -150,11 +151,14 @@ class LoraStrategy(Strategy):
         )
         seed = self.federation.seed * 100_003 + server_round + 7_919 * attempt
         chosen = sorted(random.Random(seed).sample(nodes, count))
+        expected = self.expected_modules()  # named by digest: a node with these sends no names
+        digest = {p.MODULES_DIGEST: module_digest(expected)} if expected else {}
         config = ConfigRecord(
             {
                 **self._train_config,
                 "server-round": server_round,
                 p.GLOBAL_FINGERPRINT: self.global_fingerprint(server_round),
+                **digest,
                 **self.instruction(server_round),
             }
         )

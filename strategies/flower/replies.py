@@ -6,13 +6,14 @@ import math
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from strategies import protocol as p
+from strategies.math import packing
 from strategies.math import validation as v
-from strategies.math.factors import Factors, LowRank, split_factor_keys
+from strategies.math.factors import Array, Factors, LowRank, join_factor_keys
 from strategies.math.validation import ReplyLimits, Shapes
 
 H = TypeVar("H", bound=Hashable)
@@ -117,16 +118,10 @@ def parse_train_reply(msg: Message, expect: Expectation | None = None) -> Client
     problems = v.check_size(record.count_bytes(), expect.limits)
     if problems:
         return Rejected(node, name, problems[0])
-    try:
-        arrays = p.from_record(record)
-    except Exception as err:  # hostile bytes: whatever numpy raises is a reason, not a crash
-        return Rejected(node, name, f"`{p.ARRAYS}` cannot be decoded: {type(err).__name__}")
-    problems = v.check_dtypes(arrays)
-    pairs, key_problems = split_factor_keys(arrays)
-    problems += key_problems[:3]
-    if expect.modules:
-        problems += v.check_modules(set(pairs), expect.modules)
     adapter = content.config_records[p.ADAPTER]
+    pairs, problems = read_factors(record, adapter, expect.modules)
+    if expect.modules and pairs:
+        problems += v.check_modules(set(pairs), expect.modules)
     metrics = content.metric_records.get(p.METRICS)
     num_examples = None if metrics is None else metrics.get(p.NUM_EXAMPLES)
     problems += v.check_examples(num_examples, max_examples=expect.limits.max_examples)
@@ -142,12 +137,60 @@ def parse_train_reply(msg: Message, expect: Expectation | None = None) -> Client
         problems += v.check_scaling(alpha, rank, max_scaling=expect.limits.max_lora_scaling)
     if expect.fingerprint is not None:
         problems += v.check_fingerprint(adapter.get(p.GLOBAL_FINGERPRINT), expect.fingerprint)
-    if not pairs and not problems:
-        problems.append("reply carries no LoRA factors")
     if problems:
         return Rejected(node, name, "; ".join(problems[:5]))
     assert isinstance(rank, int) and isinstance(alpha, int | float)
     return _checked_update(msg, pairs, expect, rank=rank, alpha=float(alpha))
+
+
+def read_factors(
+    record: ArrayRecord, adapter: ConfigRecord, expected: Shapes
+) -> tuple[dict[str, LowRank], list[str]]:
+    """A reply's flat ``factors`` cut into module -> (A, B) by its declared layout, or problems.
+
+    The vector must be one float32 array; ``layout`` must describe it exactly; the names come
+    from ``modules`` (sorted, one per module) or, for ``modules-digest``, from ``expected``, whose
+    digest it must equal. (Which modules and shapes are allowed is checked afterwards.)
+    """
+    flat, problems = p.read_flat(record)
+    if flat is None:
+        return {}, problems
+    layout = adapter.get(p.LAYOUT)
+    problems = packing.check_layout(layout, size=int(flat.size))
+    if problems:
+        return {}, problems
+    layout = cast(list[int], layout)  # check_layout: integers >= 1 only
+    count = len(layout) // packing.FIELDS
+    names, digest = adapter.get(p.MODULES), adapter.get(p.MODULES_DIGEST)
+    if (names is None) == (digest is None):
+        return {}, [f"`{p.ADAPTER}` must carry either `{p.MODULES}` or `{p.MODULES_DIGEST}`"]
+    if digest is not None:
+        if not expected or digest != packing.module_digest(expected):
+            return {}, [f"`{p.MODULES_DIGEST}` is {str(digest)[:32]!r}, not the digest of the "
+                        f"{len(expected)} expected modules: send the module names in full "
+                        f"(`{p.MODULES}`)"]  # fmt: skip
+        names = sorted(expected)
+    problems = packing.check_modules_list(names, count=count)
+    if problems:
+        return {}, problems
+    return packing.unpack(flat, cast(list[str], names), layout), []
+
+
+def reply_factors(content: RecordDict, expected: Shapes | None = None) -> dict[str, Array]:
+    """A train reply's factors under their peft key names (for tools and tests).
+
+    Raises
+    ------
+    ValueError
+        The reply's ``factors`` or layout is malformed (the reason :func:`read_factors` gives).
+    """
+    if p.ARRAYS not in content.array_records or p.ADAPTER not in content.config_records:
+        raise ValueError(f"reply lacks `{p.ARRAYS}` or `{p.ADAPTER}` records")
+    record, adapter = content.array_records[p.ARRAYS], content.config_records[p.ADAPTER]
+    pairs, problems = read_factors(record, adapter, expected or {})
+    if problems:
+        raise ValueError("; ".join(problems))
+    return join_factor_keys(pairs)
 
 
 def _checked_update(

@@ -13,6 +13,7 @@ from client.app import app as client_app
 from client.model.loading import load_base, merge_global_adapter, module_name, wrap_global_adapter
 from client.settings import TrainConfig
 from strategies import protocol as p
+from strategies.flower.replies import reply_factors
 from strategies.math.factors import A_SUFFIX, B_SUFFIX, join_factor_keys
 from strategies.math.flora import stack
 from tests.helpers import lora_factor_shapes
@@ -48,7 +49,7 @@ def _train_reply(
 def test_train_reply_carries_only_lora_factors_of_the_node_rank(embedded_dir: Path) -> None:
     reply = _train_reply(embedded_dir, **{"lora-rank": 4, "lora-alpha": 8.0})
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    arrays = p.from_record(reply.content.array_records[p.ARRAYS])
+    arrays = reply_factors(reply.content)
     model, _ = load_base(str(embedded_dir), device=torch.device("cpu"))
     hidden, inter = model.config.hidden_size, model.config.intermediate_size
     layers = model.config.num_hidden_layers
@@ -136,7 +137,7 @@ def test_bad_node_config_is_an_error_reply_naming_the_field(embedded_dir: Path) 
 def test_gpt2_client_round_returns_conv1d_factors(tiny_gpt2_dir: Path) -> None:
     reply = _train_reply(tiny_gpt2_dir, **{"lora-rank": 3})
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    arrays = p.from_record(reply.content.array_records[p.ARRAYS])
+    arrays = reply_factors(reply.content)
     c_attn_a = next(v for k, v in arrays.items() if "c_attn" in k and k.endswith(A_SUFFIX))
     c_attn_b = next(v for k, v in arrays.items() if "c_attn" in k and k.endswith(B_SUFFIX))
     assert c_attn_a.shape == (3, 32) and c_attn_b.shape == (96, 3)  # A (r, in), B (out, r)

@@ -23,6 +23,7 @@ from client.privacy.round import COUNT_NOISE_MULTIPLIER
 from client.settings import TrainConfig
 from client.training import collate, encode
 from strategies import protocol as p
+from strategies.flower.replies import reply_factors
 from strategies.math.factors import A_SUFFIX, B_SUFFIX
 
 STEPS, BATCH, EXAMPLES = 3, 4, 16
@@ -164,7 +165,7 @@ def test_dp_lora_releases_the_public_a_and_a_clipped_noised_b(
         _train(embedded_dir, tmp_path / name, 1, dp_lora, **{"partition-id": pid})
         for pid, name in ((0, "a"), (2, "b"))
     ]
-    arrays = [p.from_record(r.content.array_records[p.ARRAYS]) for r in replies]
+    arrays = [reply_factors(r.content) for r in replies]
     a_keys = [k for k in arrays[0] if k.endswith(A_SUFFIX)]
     for key in a_keys:  # the same data-independent A at both nodes: it carries nothing private
         np.testing.assert_array_equal(arrays[0][key], arrays[1][key])
@@ -207,9 +208,10 @@ def test_a_reply_carries_exactly_the_keys_of_the_releases_table(
     # per record); one dp-lora release has no history to tell (σ and q never changed)
     absent = {"none": set(), "dp-sgd": {p.DP_EPSILON_INSTITUTION}, "dp-lora": {p.DP_HISTORY}}
     for record in (p.ADAPTER, p.PRIVACY):
-        assert set(content.config_records[record]) == reply_keys(mode, record) - absent[mode]
+        sent = reply_keys(mode, record) - absent[mode] - {p.MODULES_DIGEST}  # no digest sent
+        assert set(content.config_records[record]) == sent
     assert set(content.metric_records[p.METRICS]) == reply_keys(mode, p.METRICS) - absent[mode]
-    arrays = p.from_record(content.array_records[p.ARRAYS])
+    arrays = reply_factors(content)
     assert arrays and all(k.endswith((A_SUFFIX, B_SUFFIX)) for k in arrays)
 
 
@@ -226,7 +228,7 @@ def test_full_batch_one_step_replies_share_no_value_computed_from_the_records(
     noised_accounted = {p.NUM_EXAMPLES, p.DP_EPSILON_RECORD}  # ñ, and ε as a function of it
     equal = {k for k in metrics[0] if metrics[0][k] == metrics[1].get(k)}
     assert equal <= public | noised_accounted
-    arrays = [p.from_record(r.content.array_records[p.ARRAYS]) for r in runs]
+    arrays = [reply_factors(r.content) for r in runs]
     for key in arrays[0]:  # the same start (seeded A, zero B): each factor carries fresh noise
         # (entries may repeat: AdamW's first step is ±lr, the sign of the noised gradient)
         assert not np.array_equal(arrays[0][key], arrays[1][key]), key

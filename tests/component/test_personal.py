@@ -16,6 +16,7 @@ from client.model.personal import PERSONAL_FILE
 from client.privacy.ledger import LEDGER_FILE
 from client.settings import TrainConfig
 from strategies import protocol as p
+from strategies.flower.replies import reply_factors
 
 
 def _message(kind: str, server_round: int, *, mode: str = p.MERGE) -> Message:
@@ -53,7 +54,7 @@ def test_private_lora_survives_a_restart_and_never_leaves(
     first = client_app(_message("train", 1, mode=mode), _context(embedded_dir, state))
     assert not first.has_error(), first.error.reason
     saved = load_file(str(state / PERSONAL_FILE))
-    sent = p.from_record(first.content.array_records[p.ARRAYS])
+    sent = reply_factors(first.content)
     # the reply holds the shared LoRA only: no key of the private adapter, nothing else
     assert set(first.content.keys()) == {p.ARRAYS, p.METRICS, p.ADAPTER, p.PRIVACY}
     assert not any("personal" in key for key in sent) and set(sent) == set(saved)
@@ -101,7 +102,7 @@ def test_personalization_under_dp_releases_only_the_shared_part(
     reply = client_app(_message("train", 1), context)
     assert not reply.has_error(), reply.error.reason
     assert reply.content.config_records[p.PRIVACY][p.DP_MODE] == privacy
-    sent = p.from_record(reply.content.array_records[p.ARRAYS])
+    sent = reply_factors(reply.content)
     saved = load_file(str(state / PERSONAL_FILE))
     assert not any("personal" in key for key in sent) and set(sent) == set(saved)
     assert any(np.abs(v).sum() > 0 for k, v in saved.items() if "lora_B" in k)

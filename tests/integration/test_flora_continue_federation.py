@@ -12,9 +12,11 @@ from safetensors.numpy import load_file
 from client.app import app as client_app
 from common.config import DEFAULT_RUN_CONFIG
 from server.run.federation import run_federation
+from server.run.modules import announced_modules
 from server.run.settings import server_settings
 from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
+from strategies.flower.replies import reply_factors
 from strategies.math.factors import A_SUFFIX, B_SUFFIX, split_factor_keys
 from strategies.math.flora import node_start
 
@@ -40,6 +42,7 @@ def test_exported_adapter_is_the_sum_of_the_nodes_changes(tmp_path: Path) -> Non
     assert outcome.stopped is None and sorted(rounds) == [1, 2, 3]
 
     reference: dict[str, np.ndarray] = {}
+    modules = announced_modules(config["base-model"], config["target-modules"])  # names by digest
     for server_round in (1, 2, 3):
         pairs = rounds[server_round]
         sent, _ = split_factor_keys(p.from_record(pairs[0][0].content.array_records[p.ARRAYS]))
@@ -49,7 +52,7 @@ def test_exported_adapter_is_the_sum_of_the_nodes_changes(tmp_path: Path) -> Non
         total = sum(r.content.metric_records[p.METRICS][p.NUM_EXAMPLES] for _, r in pairs)
         for msg, reply in pairs:
             assert msg.content.config_records[p.CONFIG][p.NODE_MODE] == p.CONTINUE_MERGED
-            factors, _ = split_factor_keys(p.from_record(reply.content.array_records[p.ARRAYS]))
+            factors, _ = split_factor_keys(reply_factors(reply.content, modules))
             adapter = reply.content.config_records[p.ADAPTER]
             scaling = float(adapter[p.ALPHA]) / int(adapter[p.RANK])
             weight = reply.content.metric_records[p.METRICS][p.NUM_EXAMPLES] / total

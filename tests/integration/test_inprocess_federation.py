@@ -18,10 +18,12 @@ from client.settings import node_settings
 from client.training import encode, evaluate_loss
 from common.config import DEFAULT_RUN_CONFIG
 from server.run.federation import run_federation
+from server.run.modules import announced_modules
 from server.run.runlog import read_metrics
 from server.run.settings import server_settings
 from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
+from strategies.flower.replies import reply_factors
 from strategies.math.factors import A_SUFFIX, B_SUFFIX
 
 RANKS = (2, 4, 3)
@@ -69,8 +71,9 @@ def _dense_update(replies: list[Message]) -> dict[str, np.ndarray]:
     """The float64 reference: sum_i p_i s_i B_i A_i over one round's replies."""
     total = sum(r.content.metric_records[p.METRICS][p.NUM_EXAMPLES] for r in replies)
     dense: dict[str, np.ndarray] = {}
+    modules = announced_modules(DEFAULT_RUN_CONFIG["base-model"], "all-linear")
     for reply in replies:
-        arrays = p.from_record(reply.content.array_records[p.ARRAYS])
+        arrays = reply_factors(reply.content, modules)  # names sent as the instruction's digest
         adapter = reply.content.config_records[p.ADAPTER]
         weight = reply.content.metric_records[p.METRICS][p.NUM_EXAMPLES] / total
         scaling = adapter[p.ALPHA] / adapter[p.RANK]

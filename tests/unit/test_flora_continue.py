@@ -78,10 +78,11 @@ def _node_app(step: float) -> ClientApp:
             a[: a0.shape[0]], b[:, : b0.shape[1]] = a0, b0
         b = b + step * np.eye(DIM, rank)
         arrays = {"m.lora_A.weight": a, "m.lora_B.weight": b}
-        adapter = {p.RANK: rank, p.ALPHA: 2.0 * rank, p.NODE_NAME: f"n{context.node_id}",
+        record, layout = p.pack_factors(arrays, modules_digest=config.get(p.MODULES_DIGEST))
+        adapter = {**layout, p.RANK: rank, p.ALPHA: 2.0 * rank, p.NODE_NAME: f"n{context.node_id}",
                    p.GLOBAL_FINGERPRINT: config[p.GLOBAL_FINGERPRINT]}  # fmt: skip
         metrics = MetricRecord({p.NUM_EXAMPLES: 10, p.TRAIN_LOSS: 1.0})
-        content = RecordDict({p.ARRAYS: p.to_record(arrays), p.METRICS: metrics,
+        content = RecordDict({p.ARRAYS: record, p.METRICS: metrics,
                               p.ADAPTER: ConfigRecord(adapter)})  # type: ignore[arg-type]  # fmt: skip
         return Message(content, reply_to=msg)
 

@@ -15,6 +15,7 @@ from strategies.flower.replies import (
     parse_train_replies,
     parse_train_reply,
 )
+from tests.wire import hostile_factors
 
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
 
@@ -27,10 +28,12 @@ def _instruction(node: int) -> Message:
 
 def _reply(node: int, arrays: dict[str, np.ndarray], *, rank: int = 2, alpha: float = 4.0,
            n: float = 10) -> Message:  # fmt: skip
+    record, layout = hostile_factors(arrays)
     content = RecordDict({
-        p.ARRAYS: p.to_record(arrays),
+        p.ARRAYS: record,
         p.METRICS: MetricRecord({p.NUM_EXAMPLES: n, p.TRAIN_LOSS: 1.5}),
-        p.ADAPTER: ConfigRecord({p.RANK: rank, p.ALPHA: alpha, p.NODE_NAME: f"bank-{node}"}),
+        p.ADAPTER: ConfigRecord({p.RANK: rank, p.ALPHA: alpha, p.NODE_NAME: f"bank-{node}",
+                                 **layout}),  # type: ignore[dict-item]
     })  # fmt: skip
     return Message(content, reply_to=_instruction(node))
 
@@ -53,9 +56,8 @@ def test_a_good_reply_becomes_an_update_with_its_scaling() -> None:
 @pytest.mark.parametrize(
     ("arrays", "kwargs", "reason"),
     [
-        ({**_factors(), "m.base_layer.weight": np.ones((3, 5))}, {}, "not a LoRA factor"),
-        ({"m.lora_A.weight": np.ones((2, 5))}, {}, "lacks its"),
-        ({"m.lora_A.weight": np.ones((3, 2)), "m.lora_B.weight": np.ones((2, 5))}, {}, "need A"),
+        ({"m.lora_A.weight": np.ones((3, 2)), "m.lora_B.weight": np.ones((2, 5))}, {}, "layout"),
+        ({"m.lora_A.weight": np.ones((3, 5)), "m.lora_B.weight": np.ones((3, 3))}, {}, "need A"),
         (_factors(), {"rank": 4}, "need A (4, 5) and B (3, 4)"),
         (_factors(), {"n": 0}, "num-examples"),
         (_factors(), {"n": 2.5}, "num-examples"),

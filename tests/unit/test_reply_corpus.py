@@ -21,6 +21,7 @@ from strategies import protocol as p
 from strategies.flower.base import AggregationOptions, Federation
 from strategies.flower.flora import FLoRA
 from strategies.math.validation import ReplyLimits
+from tests.wire import hostile_factors, raw_array
 
 MODULES = {"m1": (3, 5), "m2": (4, 5)}  # module -> (out, in)
 GOOD = (1001, 1002, 1003)
@@ -36,12 +37,25 @@ def _factors(node: int, r: int = 2, scale: float = 1.0) -> dict[str, np.ndarray]
     return out
 
 
-def _reply(instruction: Message, arrays: dict | None = None, **over: object) -> Message:
-    """A reply to ``instruction``; ``over`` replaces adapter/metric fields (None: drop it)."""
+def _reply(
+    instruction: Message,
+    arrays: dict | None = None,
+    record: ArrayRecord | None = None,
+    **over: object,
+) -> Message:
+    """A reply to ``instruction``; ``over`` replaces adapter/metric fields (None: drop it).
+
+    Good factors are packed as a node packs them (module names as the instruction's digest);
+    ``arrays`` are packed as given, names in full (tests/wire.py); ``record`` is sent as is.
+    """
     node = instruction.metadata.dst_node_id
     config = instruction.content.config_records[p.CONFIG]
+    if arrays is None:
+        packed, layout = p.pack_factors(_factors(node), modules_digest=config[p.MODULES_DIGEST])
+    else:
+        packed, layout = hostile_factors(arrays)  # type: ignore[assignment]
     adapter = {p.RANK: 2, p.ALPHA: 4.0, p.NODE_NAME: f"node-{node}",
-               p.GLOBAL_FINGERPRINT: config[p.GLOBAL_FINGERPRINT]}  # fmt: skip
+               p.GLOBAL_FINGERPRINT: config[p.GLOBAL_FINGERPRINT], **layout}  # fmt: skip
     metrics = {p.NUM_EXAMPLES: 10 + node % 7, p.TRAIN_LOSS: 1.0}
     for key, value in over.items():
         target = metrics if key in (p.NUM_EXAMPLES, p.TRAIN_LOSS) else adapter
@@ -50,20 +64,28 @@ def _reply(instruction: Message, arrays: dict | None = None, **over: object) -> 
         else:
             target[key] = value  # type: ignore[assignment]
     content = RecordDict({
-        p.ARRAYS: _record(_factors(node) if arrays is None else arrays),
+        p.ARRAYS: packed if record is None else record,
         p.METRICS: MetricRecord(metrics),  # type: ignore[arg-type]
         p.ADAPTER: ConfigRecord(adapter),  # type: ignore[arg-type]
     })  # fmt: skip
     return Message(content, reply_to=instruction)
 
 
-def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """As sent, dtype kept (``p.to_record`` would cast to float32)."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+def _two_arrays(node: int) -> ArrayRecord:
+    return ArrayRecord({p.FACTORS: raw_array(_flat(node)), "extra": raw_array(_flat(node))})
 
 
-def _drop(arrays: dict, key: str) -> dict:
-    return {k: v for k, v in arrays.items() if k != key}
+def _bytes_short(node: int) -> ArrayRecord:
+    """34 floats declared, two bytes fewer sent."""
+    data = _flat(node).tobytes()[:-2]
+    return ArrayRecord({p.FACTORS: Array(dtype="float32", shape=(34,), stype=p.RAW_STYPE,
+                                         data=data)})  # fmt: skip
+
+
+def _flat(node: int) -> np.ndarray:
+    """A good reply's flat factors (m1 then m2, A then B)."""
+    packed, _ = p.pack_factors(_factors(node))
+    return np.frombuffer(packed[p.FACTORS].data, dtype=np.float32)
 
 
 Make = Callable[[Message], list[Message]]
@@ -86,11 +108,9 @@ CORPUS: dict[int, tuple[Make, str]] = {
         lambda i: [_reply(i, {k: v for k, v in _factors(2).items() if "m2" not in k})],
         "expected module(s) missing",
     ),
-    2003: (
-        lambda i: [_reply(i, {**_factors(3), "m1.base_layer.weight": np.ones((3, 5))})],
-        "not a LoRA factor",
-    ),
-    2004: (lambda i: [_reply(i, _drop(_factors(4), "m1.lora_B.weight"))], "lacks its"),
+    # Layouts that do not describe the flat vector (issue 14: one array per reply).
+    2003: (lambda i: [_reply(i, **{p.LAYOUT: [2, 5, 3, 2, 5, 5]})], "declares 36 floats"),
+    2004: (lambda i: [_reply(i, record=_two_arrays(4))], "exactly one array `factors`"),
     2005: (
         lambda i: [_reply(i, {**_factors(5), "m1.lora_A.weight": np.ones((2, 6))})],
         "need A (2, 5)",
@@ -104,7 +124,7 @@ CORPUS: dict[int, tuple[Make, str]] = {
     2007: (lambda i: [_reply(i, _factors(7, r=9), **{p.RANK: 9})], "outside 1..8"),
     2008: (
         lambda i: [_reply(i, {k: v.astype(np.int32) for k, v in _factors(8).items()})],
-        "floating point",
+        "must be float32",
     ),
     2009: (
         lambda i: [_reply(i, {**_factors(9), "m1.lora_A.weight": np.full((2, 5), np.nan)})],
@@ -142,6 +162,26 @@ CORPUS: dict[int, tuple[Make, str]] = {
     2028: (lambda i: [_reply(i, _tiny_a(10.0), **{p.ALPHA: 128.0})], "‖s·B‖"),
     2029: (lambda i: [_reply(i, **{p.TRAIN_LOSS: float("inf")})], "`train-loss` is inf"),
     2030: (lambda i: [_reply(i, **{p.TRAIN_LOSS: [1.0] * 20_000})], "KiB"),
+    2031: (lambda i: [_reply(i, **{p.MODULES_DIGEST: "0" * 32})], "not the digest of the 2"),
+    2032: (lambda i: [_reply(i, **{p.MODULES_DIGEST: None})], "either `modules`"),
+    2033: (lambda i: [_reply(i, _factors(33), **{p.MODULES: ["m2", "m1"]})], "must be sorted"),
+    2034: (lambda i: [_reply(i, **{p.MODULES: ["m1"], p.MODULES_DIGEST: None})], "names 1 module"),
+    2035: (
+        lambda i: [_reply(i, record=ArrayRecord({p.FACTORS: raw_array(_flat(35).astype(float))}))],
+        "'float64' as 'raw-float32-le'",
+    ),
+    2036: (
+        lambda i: [_reply(i, record=ArrayRecord({p.FACTORS: Array(_flat(36))}))],
+        "'float32' as 'numpy.ndarray': must be float32 as 'raw-float32-le'",
+    ),
+    2037: (lambda i: [_reply(i, **{p.LAYOUT: [2, 5, 3, 2, 5, 0]})], "integer >= 1"),
+    2038: (lambda i: [_reply(i, **{p.LAYOUT: [2, 5, 3, 2, 5]})], "[r, in, out] per module"),
+    2039: (lambda i: [_reply(i, **{p.LAYOUT: None})], "`layout` is None"),
+    2040: (
+        lambda i: [_reply(i, record=ArrayRecord({p.FACTORS: raw_array(_flat(40)[:-1])}))],
+        "declares 34 floats but `factors` holds 33",
+    ),
+    2041: (lambda i: [_reply(i, record=_bytes_short(41))], "4 bytes per float"),
 }
 
 

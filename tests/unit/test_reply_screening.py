@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from server.simulation.inprocess import InProcessGrid, node_contexts
@@ -56,19 +56,22 @@ def _reply(
 ) -> Message:
     node = instruction.metadata.dst_node_id
     config = instruction.content.config_records[p.CONFIG]
+    record, layout = p.pack_factors(arrays, modules_digest=config.get(p.MODULES_DIGEST))
     adapter = {p.RANK: rank, p.ALPHA: alpha, p.NODE_NAME: name or f"node-{node}",
-               p.GLOBAL_FINGERPRINT: config[p.GLOBAL_FINGERPRINT]}  # fmt: skip
+               p.GLOBAL_FINGERPRINT: config[p.GLOBAL_FINGERPRINT], **layout}  # fmt: skip
     content = RecordDict({
-        p.ARRAYS: ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+        p.ARRAYS: record,
         p.METRICS: MetricRecord(metrics or {p.NUM_EXAMPLES: 10, p.TRAIN_LOSS: 1.0}),  # type: ignore[arg-type]
         p.ADAPTER: ConfigRecord(adapter),  # type: ignore[arg-type]
     })  # fmt: skip
     return Message(content, reply_to=instruction)
 
 
-def _round(name: str, nodes: list[int]) -> tuple[LoraStrategy, dict[int, Message]]:
+def _round(
+    name: str, nodes: list[int], *, modules: dict[str, tuple[int, int]] | None = MODULES
+) -> tuple[LoraStrategy, dict[int, Message]]:
     strategy = STRATEGIES[name](federation=Federation(min_nodes=1), options=AggregationOptions(),
-                                limits=LIMITS, modules=MODULES)  # fmt: skip
+                                limits=LIMITS, modules=modules)  # fmt: skip
     strategy.salt = "screening"
     contexts = node_contexts([{} for _ in nodes], {})
     grid = InProcessGrid(ClientApp(), dict(zip(nodes, contexts.values(), strict=True)))
@@ -144,8 +147,8 @@ def test_fedit_breaks_a_round_1_rank_tie_by_node_name_not_by_arrival(
 def test_a_module_signature_tie_is_broken_by_node_name_not_by_arrival(
     order: tuple[int, ...],
 ) -> None:
-    strategy, sent = _round("flora", [1001, 1002])
-    strategy.modules = None  # no announced module set: the signatures decide
+    # no announced module set: the signatures decide (the nodes send their names in full)
+    strategy, sent = _round("flora", [1001, 1002], modules=None)
     only_m1 = {k: v for k, v in _factors(1001).items() if k.startswith("m1.")}
     by_node = {
         1001: _reply(sent[1001], _factors(1001), name="b-node"),

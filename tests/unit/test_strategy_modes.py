@@ -34,10 +34,11 @@ def _node_app(*, train_a: frozenset[int] = frozenset()) -> ClientApp:
         if config.get(p.FREEZE_A) and node not in train_a:
             a = public_lora_a("m", rank=rank, in_features=DIM, seed=int(config[p.SHARED_A_SEED]))
         arrays = {"m.lora_A.weight": a, "m.lora_B.weight": rng.normal(size=(DIM, rank)) / 16}
-        adapter = {p.RANK: rank, p.ALPHA: 2.0 * rank, p.NODE_NAME: f"n{node}",
+        record, layout = p.pack_factors(arrays, modules_digest=config.get(p.MODULES_DIGEST))
+        adapter = {**layout, p.RANK: rank, p.ALPHA: 2.0 * rank, p.NODE_NAME: f"n{node}",
                    p.GLOBAL_FINGERPRINT: config[p.GLOBAL_FINGERPRINT]}  # fmt: skip
         metrics = MetricRecord({p.NUM_EXAMPLES: 10, p.TRAIN_LOSS: 1.0})
-        content = RecordDict({p.ARRAYS: p.to_record(arrays), p.METRICS: metrics,
+        content = RecordDict({p.ARRAYS: record, p.METRICS: metrics,
                               p.ADAPTER: ConfigRecord(adapter)})  # type: ignore[arg-type]  # fmt: skip
         return Message(content, reply_to=msg)
 
