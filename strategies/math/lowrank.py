@@ -33,11 +33,11 @@ from numpy.typing import NDArray
 from strategies.math.factors import Factors, LowRank
 from strategies.math.flora import check_updates
 from strategies.math.gram32 import stack_leading
-from strategies.math.sketch import RESOLVE, Leading, gram_leading
+from strategies.math.sketch import RESOLVE, Leading, dense_leading, gram_leading
 from strategies.math.stacking import ModuleStack, change_stack, module_stack
 
 F64 = NDArray[np.float64]
-Method = Literal["qr", "gram", "gram32"]
+Method = Literal["qr", "gram", "gram32", "dense"]
 OVERSAMPLE = 16  # p: extra directions the Gram route carries beyond the cap (HMT Sec. 4.2)
 
 
@@ -190,12 +190,20 @@ def recompress_stack(
     At the cap the Grams are formed in float32 (:mod:`strategies.math.gram32`: the reported
     error is within 0.5% of the returned factors' true error, guaranteed); where that cannot
     resolve the dropped energy, the float64 Gram route, then the exact route, as
-    :func:`recompress`. Below the cap: the exact route on the float64 stack.
+    :func:`recompress`. A stack at least as wide as the module (R >= min(out, in), e.g. 1000
+    rank-16 nodes on 4096 × 4096) forms ``M`` in float64 and runs the same subspace iteration
+    on it, with ``‖M‖_F²`` exact. Below the cap: the exact route on the float64 stack.
     """
     out_dim, in_dim = stack.b.shape[0], stack.a.shape[1]
     if max_rank is not None and 2 * (max_rank + OVERSAMPLE) <= stack.rank < min(out_dim, in_dim):
         lead = stack_leading(stack, rank=max_rank, width=max_rank + OVERSAMPLE, seed=seed)
         found = _kept(lead, max_rank=max_rank, tol=tol, method="gram32")
+        if found is not None:
+            return replace(found, stacked_rank=stack.rank)
+    if max_rank is not None and stack.rank >= min(out_dim, in_dim) > 2 * (max_rank + OVERSAMPLE):
+        m = stack.product()  # (out, in): cheaper than QR of a stack wider than M
+        lead = dense_leading(m, rank=max_rank, width=max_rank + OVERSAMPLE, seed=seed)
+        found = _kept(lead, max_rank=max_rank, tol=tol, method="dense")
         if found is not None:
             return replace(found, stacked_rank=stack.rank)
     a, b = stack.dense_factors()

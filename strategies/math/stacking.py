@@ -74,6 +74,18 @@ class ModuleStack:
         b[:, : self.small] = self.b_small
         return a, b
 
+    def product(self, *, chunk: int = 1024) -> F64:
+        """``M`` (out, in) in float64, ``chunk`` stacked rows at a time (for R >= min(out, in),
+        where the dense product is cheaper than factoring the stack)."""
+        m = self.b_small @ self.a_small  # (out, in)
+        for start in range(self.small, self.rank, chunk):
+            rows = slice(start, min(start + chunk, self.rank))
+            m += self.b[:, rows].astype(np.float64) @ np.multiply(
+                self.a[rows], self.coef[rows, None], dtype=np.float64
+            )
+        product: F64 = m
+        return product
+
 
 def module_stack(
     previous: LowRank | None,

@@ -198,3 +198,22 @@ def test_change_stacking_peak_memory_is_one_module_not_every_float64_copy() -> N
     finally:
         tracemalloc.stop()
     assert peak <= 1.0 * factor_bytes
+
+
+def test_a_stack_wider_than_the_module_takes_the_dense_route_within_one_percent() -> None:
+    # 30 rank-4 nodes on 90 x 100: R = 8 + 120 >= 90, where factoring the stack costs more than
+    # forming M; the float64 reference of the dense truncation
+    rng = np.random.default_rng(5)
+    previous = (rng.normal(size=(8, 100)), rng.normal(size=(90, 8)))
+    blocks = [(rng.normal(size=(4, 100)).astype(np.float32),
+               rng.normal(size=(90, 4)).astype(np.float32), 0.05) for _ in range(30)]  # fmt: skip
+    stack = module_stack(previous, blocks)
+    out = recompress_stack(stack, max_rank=6)
+    a, b = stack.dense_factors()
+    dense = b @ a
+    s = np.linalg.svd(dense, compute_uv=False)
+    optimal = np.sqrt(np.sum(s[6:] ** 2) / np.sum(s**2))
+    actual = np.linalg.norm(dense - out.b @ out.a) / np.linalg.norm(dense)
+    assert out.method == "dense" and out.rank == 6 and out.stacked_rank == 128
+    assert actual <= 1.01 * optimal
+    assert out.relative_error == pytest.approx(actual, rel=1e-8)
