@@ -17,7 +17,10 @@ At the cap (``method="gram"``), when only ``k`` of ``R >= 2 (k + p)`` directions
 matrices and randomized subspace iteration (:mod:`strategies.math.sketch`, Halko-Martinsson-Tropp
 2011), O((out + in) R^2 / 2 + R^2 l) with ``l = k + p``, no R^3 term; its truncation error is
 within a fraction of a percent of Eckart-Young's and reported exactly as the QR route's.
-Neither route forms an (out, in) matrix.
+On a round's stack as the nodes sent it (:func:`recompress_stack`, ``method="gram32"``): the
+same with the nodes' Gram blocks in float32 (:mod:`strategies.math.gram32`), the reported error
+certified to 0.5%. Neither forms an (out, in) matrix, except for a stack at least as wide as
+the module (``method="dense"``), where forming it is the cheaper way.
 """
 
 from __future__ import annotations
@@ -263,9 +266,9 @@ def accumulate_updates(
     """Append ``scale · Σ_i w_i s_i B_i A_i`` (FLoRA's stack) to the global adapter per module.
 
     The same result as ``accumulate(global_adapter, stack(updates, weights))`` with the stacked
-    scaling times ``scale``, but each module's float64 stack is built in place from the nodes'
-    arrays and released before the next module: peak memory is one module's stack, not every
-    node's float64 copy of every module.
+    scaling times ``scale``, but each module's stack is built from the nodes' arrays as they
+    arrived (:func:`strategies.math.stacking.module_stack`) and released before the next module:
+    peak memory is one module's stack, not every node's float64 copy of every module.
 
     Parameters
     ----------

@@ -163,8 +163,8 @@ def test_float32_gram_energy_stays_within_its_bound(nodes, rank, global_weight, 
     assert lead is not None
     assert abs(lead.energy - true) <= lead.floor
     assert lead.floor <= 1e-3 * true  # and the bound is of use
-    # the basis is exactly orthonormal and C = Qᵀ M exactly, whatever the Grams' rounding
-    np.testing.assert_allclose(lead.q.T @ lead.q, np.eye(lead.q.shape[1]), atol=1e-10)
+    # the basis is orthonormal and C = Qᵀ M to float64 rounding, whatever the Grams' rounding
+    np.testing.assert_allclose(lead.q.T @ lead.q, np.eye(lead.q.shape[1]), atol=1e-8)
     np.testing.assert_allclose(lead.c, lead.q.T @ (b @ a), atol=1e-10 * np.sqrt(true))
 
 
