@@ -3,7 +3,8 @@
 ``flora``: each node continues from the global adapter (node-mode ``continue-merged``: its LoRA
 starts at the first r_i global components, the rest merged into its weights, so it starts at the
 global model and keeps its progress); the server stacks each node's *change*, [B_i, -B_i0] and
-[A_i; A_i0] (:func:`strategies.math.flora.stack_changes`). ``flora-fresh``: the paper's FLoRA,
+[A_i; A_i0], the nodes' starts collapsed into one block
+(:func:`strategies.math.lowrank.accumulate_changes`). ``flora-fresh``: the paper's FLoRA,
 each node merges the global adapter and trains a fresh LoRA from B = 0 every round.
 Math in :mod:`strategies.math.flora` (stacking) and :mod:`strategies.math.lowrank` (recompression).
 """
@@ -19,8 +20,7 @@ from common.config import ConfigValue
 from strategies import protocol as p
 from strategies.flower.base import GlobalAdapter, LoraStrategy
 from strategies.flower.replies import ClientUpdate, example_weights
-from strategies.math.flora import node_start, stack_changes
-from strategies.math.lowrank import accumulate, accumulate_updates
+from strategies.math.lowrank import accumulate_changes, accumulate_updates
 
 
 class FLoRA(LoraStrategy):
@@ -36,28 +36,18 @@ class FLoRA(LoraStrategy):
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
         weights = example_weights(updates)
-        eta = self.options.server_lr  # append η·Σ p_i s_i B_i A_i: exact, scales the stacked A
-        if self.continues and global_adapter:  # each node's change: a rank <= 2 r_i block
-            starts = [node_start(global_adapter, rank=u.rank, scaling=_scaling(u)) for u in updates]
-            stacked = stack_changes([u.factors for u in updates], starts, weights)
-            stacked = {m: (a, b, eta * s) for m, (a, b, s) in stacked.items()}
-            stacked_rank = max((a.shape[0] for a, _, _ in stacked.values()), default=0)
-            result = accumulate(
-                global_adapter,
-                stacked,
-                max_rank=self.options.max_global_rank,
-                tol=self.options.recompress_tol,
-            )
-        else:  # fresh B = 0 at every node: stream the stack one module at a time
-            stacked_rank = sum(u.rank for u in updates)
-            result = accumulate_updates(
-                global_adapter,
-                [u.factors for u in updates],
-                weights,
-                scale=eta,
-                max_rank=self.options.max_global_rank,
-                tol=self.options.recompress_tol,
-            )
+        # append η·Σ p_i s_i B_i A_i (fresh) or each node's change from its start (continuing),
+        # folded one module at a time from the replies as parsed (strategies/math/stacking.py)
+        accumulate = accumulate_changes if self.continues else accumulate_updates
+        result = accumulate(
+            global_adapter,
+            [u.factors for u in updates],
+            weights,
+            scale=self.options.server_lr,
+            max_rank=self.options.max_global_rank,
+            tol=self.options.recompress_tol,
+        )
+        stacked_rank = max((r.stacked_rank for r in result.reports.values()), default=0)
         report = self.report(server_round)
         report.recompress_error = result.relative_error
         log(
@@ -81,7 +71,3 @@ class FLoRAFresh(FLoRA):
 
     name = "flora-fresh"
     continues = False
-
-
-def _scaling(update: ClientUpdate) -> float:
-    return next(iter(update.factors.values()))[2]

@@ -17,14 +17,17 @@ At the cap (``method="gram"``), when only ``k`` of ``R >= 2 (k + p)`` directions
 matrices and randomized subspace iteration (:mod:`strategies.math.sketch`, Halko-Martinsson-Tropp
 2011), O((out + in) R^2 / 2 + R^2 l) with ``l = k + p``, no R^3 term; its truncation error is
 within a fraction of a percent of Eckart-Young's and reported exactly as the QR route's.
-Neither route forms an (out, in) matrix.
+On a round's stack as the nodes sent it (:func:`recompress_stack`, ``method="gram32"``): the
+same with the nodes' Gram blocks in float32 (:mod:`strategies.math.gram32`), the reported error
+certified to 0.5%. Neither forms an (out, in) matrix, except for a stack at least as wide as
+the module (``method="dense"``), where forming it is the cheaper way.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -32,10 +35,12 @@ from numpy.typing import NDArray
 
 from strategies.math.factors import Factors, LowRank
 from strategies.math.flora import check_updates
-from strategies.math.sketch import RESOLVE, gram_leading
+from strategies.math.gram32 import stack_leading
+from strategies.math.sketch import RESOLVE, Leading, dense_leading, gram_leading
+from strategies.math.stacking import ModuleStack, change_stack, module_stack
 
 F64 = NDArray[np.float64]
-Method = Literal["qr", "gram"]
+Method = Literal["qr", "gram", "gram32", "dense"]
 OVERSAMPLE = 16  # p: extra directions the Gram route carries beyond the cap (HMT Sec. 4.2)
 
 
@@ -50,6 +55,7 @@ class Recompressed:
     error: float  # ||BA - B'A'||_F, absolute
     norm: float  # ||BA||_F
     method: Method = "qr"
+    stacked_rank: int = 0  # R: the rank of the stack that was recompressed
 
     @property
     def relative_error(self) -> float:
@@ -128,7 +134,7 @@ def recompress(
     ):
         found = _gram_recompress(a, b, max_rank=max_rank, tol=tol, seed=seed)
         if found is not None:
-            return found
+            return replace(found, stacked_rank=stacked)
     return recompress_exact(a, b, max_rank=max_rank, tol=tol)
 
 
@@ -150,7 +156,7 @@ def recompress_exact(a: F64, b: F64, *, max_rank: int | None, tol: float) -> Rec
     new_a = (root[:, None] * vt[:k]) @ q_a.T  # (k, in)
     error = float(np.sqrt(np.sum(s[k:] ** 2)))
     norm = float(np.sqrt(np.sum(s**2)))
-    return Recompressed(new_a, new_b, s, k, error, norm)
+    return Recompressed(new_a, new_b, s, k, error, norm, stacked_rank=a.shape[0])
 
 
 def _gram_recompress(
@@ -158,17 +164,53 @@ def _gram_recompress(
 ) -> Recompressed | None:
     """The route at the cap; ``None`` where the Gram cannot resolve the dropped energy."""
     lead = gram_leading(a, b, rank=max_rank, width=max_rank + OVERSAMPLE, seed=seed)
+    return _kept(lead, max_rank=max_rank, tol=tol, method="gram")
+
+
+def _kept(
+    lead: Leading | None, *, max_rank: int, tol: float, method: Method
+) -> Recompressed | None:
+    """The leading ``k`` of ``lead`` as factors; ``None`` unless the dropped energy is resolved
+    (above ``RESOLVE`` times the energy's rounding bound)."""
     if lead is None:
         return None
     k = choose_rank(lead.s, max_rank=max_rank, tol=tol, energy=lead.energy)
     dropped = lead.energy - float(np.sum(lead.s[:k] ** 2))  # Pythagoras: B'A' projects M
     if dropped <= RESOLVE * lead.floor:
-        return None  # nearly lossless, ill-conditioned or cancelling: the QR route is exact
+        return None  # nearly lossless, ill-conditioned or cancelling: a finer route decides
     root = np.sqrt(lead.s[:k])
     new_b = (lead.q @ lead.u[:, :k]) * root  # (out, k)
     new_a = (lead.u[:, :k].T @ lead.c) / root[:, None]  # (k, in) = S^-1/2 Uᵀ Qᵀ M
     error = math.sqrt(dropped)
-    return Recompressed(new_a, new_b, lead.s, k, error, math.sqrt(lead.energy), "gram")
+    return Recompressed(new_a, new_b, lead.s, k, error, math.sqrt(lead.energy), method)
+
+
+def recompress_stack(
+    stack: ModuleStack, *, max_rank: int | None, tol: float = 0.0, seed: int = 0
+) -> Recompressed:
+    """:func:`recompress` of one module's stack as the nodes sent it.
+
+    At the cap the Grams are formed in float32 (:mod:`strategies.math.gram32`: the reported
+    error is within 0.5% of the returned factors' true error, guaranteed); where that cannot
+    resolve the dropped energy, the float64 Gram route, then the exact route, as
+    :func:`recompress`. A stack at least as wide as the module (R >= min(out, in), e.g. 1000
+    rank-16 nodes on 4096 × 4096) forms ``M`` in float64 and runs the same subspace iteration
+    on it, with ``‖M‖_F²`` exact. Below the cap: the exact route on the float64 stack.
+    """
+    out_dim, in_dim = stack.b.shape[0], stack.a.shape[1]
+    if max_rank is not None and 2 * (max_rank + OVERSAMPLE) <= stack.rank < min(out_dim, in_dim):
+        lead = stack_leading(stack, rank=max_rank, width=max_rank + OVERSAMPLE, seed=seed)
+        found = _kept(lead, max_rank=max_rank, tol=tol, method="gram32")
+        if found is not None:
+            return replace(found, stacked_rank=stack.rank)
+    if max_rank is not None and stack.rank >= min(out_dim, in_dim) > 2 * (max_rank + OVERSAMPLE):
+        m = stack.product()  # (out, in): cheaper than QR of a stack wider than M
+        lead = dense_leading(m, rank=max_rank, width=max_rank + OVERSAMPLE, seed=seed)
+        found = _kept(lead, max_rank=max_rank, tol=tol, method="dense")
+        if found is not None:
+            return replace(found, stacked_rank=stack.rank)
+    a, b = stack.dense_factors()
+    return recompress(a, b, max_rank=max_rank, tol=tol, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -224,9 +266,9 @@ def accumulate_updates(
     """Append ``scale · Σ_i w_i s_i B_i A_i`` (FLoRA's stack) to the global adapter per module.
 
     The same result as ``accumulate(global_adapter, stack(updates, weights))`` with the stacked
-    scaling times ``scale``, but each module's float64 stack is built in place from the nodes'
-    arrays and released before the next module: peak memory is one module's stack, not every
-    node's float64 copy of every module.
+    scaling times ``scale``, but each module's stack is built from the nodes' arrays as they
+    arrived (:func:`strategies.math.stacking.module_stack`) and released before the next module:
+    peak memory is one module's stack, not every node's float64 copy of every module.
 
     Parameters
     ----------
@@ -248,9 +290,52 @@ def accumulate_updates(
             (u[module][0], u[module][1], scale * weight * u[module][2])
             for u, weight in zip(updates, weights, strict=True)
         ]
-        a_cat, b_cat = _fold(global_adapter.get(module), blocks)
-        report = recompress(a_cat, b_cat, max_rank=max_rank, tol=tol)
-        del a_cat, b_cat
+        stack = module_stack(global_adapter.get(module), blocks)
+        report = recompress_stack(stack, max_rank=max_rank, tol=tol)
+        del stack
+        adapter[module] = (report.a, report.b)
+        reports[module] = report
+    return Accumulated(adapter, reports)
+
+
+def accumulate_changes(
+    global_adapter: Mapping[str, LowRank],
+    updates: Sequence[Mapping[str, Factors]],
+    weights: Sequence[float],
+    *,
+    scale: float = 1.0,
+    max_rank: int | None,
+    tol: float = 0.0,
+    wire_dtype: type = np.float32,
+) -> Accumulated:
+    """Append continuing nodes' changes, ``scale · Σ_i w_i s_i (B_i A_i - B_i0 A_i0)``, per module.
+
+    The same result as ``accumulate(global_adapter, stack_changes(updates, starts, weights))``
+    with each node's start from :func:`strategies.math.flora.node_start`, but streamed one
+    module at a time like :func:`accumulate_updates`, and with the nodes' starts collapsed into
+    one block (:mod:`strategies.math.stacking`): the stack's rank is ``k_g + Σ r_i + max k_i``.
+
+    Parameters
+    ----------
+    global_adapter
+        Module -> (A_g (k, in), B_g (out, k)): what the nodes started from.
+    updates, weights
+        One mapping module -> (A_i (r_i, in), B_i (out, r_i), s_i) per node after training, and
+        its weight; a node's start is ``node_start(global_adapter, rank=r_i, scaling=s_i)``.
+    scale, max_rank, tol
+        As :func:`accumulate_updates`.
+    wire_dtype
+        The dtype the global adapter reached the nodes in (their start is rounded to it).
+    """
+    check_updates(updates, weights)
+    adapter: dict[str, LowRank] = dict(global_adapter)
+    reports: dict[str, Recompressed] = {}
+    for module in sorted(updates[0]):
+        factors = [u[module] for u in updates]
+        coefs = [scale * w * s for (_, _, s), w in zip(factors, weights, strict=True)]
+        stack = change_stack(global_adapter.get(module), factors, coefs, wire_dtype=wire_dtype)
+        report = recompress_stack(stack, max_rank=max_rank, tol=tol)
+        del stack
         adapter[module] = (report.a, report.b)
         reports[module] = report
     return Accumulated(adapter, reports)

@@ -93,24 +93,61 @@ def gram_leading(
     if energy <= RESOLVE * floor:
         return None
     omega = np.random.default_rng(seed).standard_normal((a.shape[1], width))  # (in, l)
-    x = a @ omega  # (R, l): Y = M Ω = B x
+    x = subspace(g_a, g_b, a @ omega, rank=rank, energy=energy, max_iters=max_iters)
+    del g_a, g_b
+    q = _euclidean(b @ x)  # (out, l'): exactly orthonormal in the true metric, not the Gram's
+    c = (q.T @ b) @ a  # (l', R) @ (R, in) -> (l', in) = Qᵀ M
+    return finish(q, c, energy, floor)
+
+
+def dense_leading(m: F64, *, rank: int, width: int, max_iters: int = 8, seed: int = 0) -> Leading:
+    """:func:`gram_leading` for a dense ``M`` (out, in): the same subspace iteration on products
+    with ``M`` itself; ``‖M‖_F²`` is exact (to float64 rounding)."""
+    energy = float(np.einsum("ij,ij->", m, m))
+    floor = EPS * m.shape[1] * energy  # rounding of the sum of squares
+    y = m @ np.random.default_rng(seed).standard_normal((m.shape[1], width))  # (out, l)
+    captured = 0.0
+    for _ in range(max_iters):
+        q = _euclidean(y)  # (out, l)
+        z = _euclidean(m.T @ q)  # (in, l)
+        y = m @ z
+        ritz = np.linalg.svd(y, compute_uv=False) ** 2  # s² of M z: the energy z captures
+        now = float(np.sum(ritz[:rank]))
+        if now - captured <= SETTLED * max(energy - now, 0.0):
+            break
+        captured = now
+    q = _euclidean(y)
+    return finish(q, q.T @ m, energy, floor)
+
+
+def subspace(
+    g_a: F64, g_b: F64, x: F64, *, rank: int, energy: float, max_iters: int, unit: float = EPS
+) -> F64:
+    """Randomized subspace iteration in the Grams' coefficient space (HMT Alg. 4.4).
+
+    ``x`` (R, l): the start, ``Y = M Ω = B x``. Returns ``x`` with ``B x`` spanning the leading
+    left singular directions of ``M = B A``; stops once the top ``rank``'s captured energy
+    settles. ``unit``: the Grams' unit roundoff (the Cholesky shift scales with it).
+    """
     captured = 0.0
     for _ in range(max_iters):  # half steps, each orthonormalised: conditioning s, not s^2
-        x, z, _ = _orthonormal(x, g_b)  # Q = B x orthonormal; z = G_B x: Mᵀ Q = Aᵀ z
-        z, x, ritz = _orthonormal(z, g_a)  # x = G_A z: M (Aᵀ z) = B x; ritz: s² of Qᵀ M
+        x, z, _ = _orthonormal(x, g_b, unit)  # Q = B x orthonormal; z = G_B x: Mᵀ Q = Aᵀ z
+        z, x, ritz = _orthonormal(z, g_a, unit)  # x = G_A z: M (Aᵀ z) = B x; ritz: s² of Qᵀ M
         now = float(np.sum(ritz[::-1][:rank]))  # the energy the top k of Q capture
         if now - captured <= SETTLED * max(energy - now, 0.0):
             break
         captured = now
-    del g_a, g_b
-    q = _euclidean(b @ x)  # (out, l'): exactly orthonormal in the true metric, not the Gram's
-    c = (q.T @ b) @ a  # (l', R) @ (R, in) -> (l', in) = Qᵀ M
+    return x
+
+
+def finish(q: F64, c: F64, energy: float, floor: float) -> Leading:
+    """The SVD of ``C = Qᵀ M`` (l, in) through its (l, l) Gram (HMT Alg. 5.1)."""
     lam, u = np.linalg.eigh(_sym(c @ c.T))  # ascending
     s = np.sqrt(np.clip(lam[::-1], 0.0, None))
     return Leading(q, u[:, ::-1], s, c, energy, floor)
 
 
-def _orthonormal(y: F64, metric: F64) -> tuple[F64, F64, F64]:
+def _orthonormal(y: F64, metric: F64, unit: float = EPS) -> tuple[F64, F64, F64]:
     """``(y T, G y T, λ)`` with ``(y T)ᵀ G (y T) ≈ I``: ``y``'s range orthonormal in metric G.
 
     Shifted Cholesky-QR (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa, "Shifted Cholesky
@@ -122,7 +159,7 @@ def _orthonormal(y: F64, metric: F64) -> tuple[F64, F64, F64]:
     """
     g_y = metric @ y  # (R, l)
     h = _sym(y.T @ g_y)  # (l, l)
-    t = _shifted_cholesky_inverse(h)  # (l, l) upper triangular, or (l, 0)
+    t = _shifted_cholesky_inverse(h, unit)  # (l, l) upper triangular, or (l, 0)
     ritz = np.linalg.eigvalsh(h).astype(np.float64, copy=False)
     return y @ t, g_y @ t, ritz
 
@@ -144,12 +181,12 @@ def _euclidean(y: F64) -> F64:
     return basis
 
 
-def _shifted_cholesky_inverse(h: F64) -> F64:
+def _shifted_cholesky_inverse(h: F64, unit: float = EPS) -> F64:
     """``L⁻ᵀ`` for ``h + σ I = L Lᵀ``, ``σ = 10 · l · u · tr(h)``; (l, 0) when ``h`` is zero."""
     size = float(np.trace(h))
     if not size > 0:
         return np.zeros((h.shape[0], 0))
-    low = np.linalg.cholesky(h + (EPS * 10 * h.shape[0] * size) * np.eye(h.shape[0]))
+    low = np.linalg.cholesky(h + (unit * 10 * h.shape[0] * size) * np.eye(h.shape[0]))
     inverse: F64 = np.linalg.inv(low).T
     return inverse
 

@@ -129,7 +129,7 @@ def test_flexlora_server_lr_moves_the_global_towards_the_mean_exactly() -> None:
 
 @pytest.mark.parametrize("rank", [2, 4, 8])
 def test_flexlora_at_the_cap_node_factors_are_within_one_percent_of_the_best(rank: int) -> None:
-    # 14 nodes of ranks 3..6 stack to R = 63 >= 2 (8 + 16): the Gram route runs at cap 8
+    # 14 nodes of ranks 3..6 stack to R = 63 >= 2 (8 + 16): the float32 Gram route runs at cap 8
     rng = np.random.default_rng(6)
     updates = [
         {"m": (rng.normal(size=(r, 90)), rng.normal(size=(80, r)), 16 / r)}
@@ -137,7 +137,7 @@ def test_flexlora_at_the_cap_node_factors_are_within_one_percent_of_the_best(ran
     ]
     weights = list(rng.dirichlet(np.ones(len(updates))))
     result = flexlora_average(updates, weights, previous={}, max_rank=8)
-    assert result.reports["m"].method == "gram"
+    assert result.reports["m"].method == "gram32"
     dense = _dense(updates, weights)  # float64 reference
     s = np.linalg.svd(dense, compute_uv=False)
     optimal = np.sqrt(np.sum(s[rank:] ** 2))  # Eckart-Young

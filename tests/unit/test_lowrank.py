@@ -284,7 +284,7 @@ def test_accumulate_updates_matches_stack_then_accumulate() -> None:
     stacked = {m: (a, b, 0.7 * s) for m, (a, b, s) in stack(updates, weights).items()}
     ref = accumulate(previous, stacked, max_rank=8)
     got = accumulate_updates(previous, updates, weights, scale=0.7, max_rank=8)
-    assert got.reports["m"].method == "gram"  # R = 56 > 8 + 16
+    assert got.reports["m"].method == "gram32"  # R = 56 > 2 (8 + 16): float32 Grams
     assert got.relative_error == pytest.approx(ref.relative_error, rel=1e-3)
 
 
