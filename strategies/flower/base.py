@@ -9,7 +9,6 @@ that each algorithm implements with the pure functions of its own module.
 from __future__ import annotations
 
 import math
-import random
 import secrets
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
@@ -42,6 +41,7 @@ from strategies.flower.rounds import (
     RoundFailedError,
     RoundPolicy,
     addressee,
+    sample_nodes,
     screen_replies,
     wait_for_nodes,
 )
@@ -145,11 +145,12 @@ class LoraStrategy(Strategy):
         nodes = wait_for_nodes(
             self._grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
         )
-        count = max(
-            self.federation.min_nodes, math.ceil(self.federation.fraction_train * len(nodes))
+        chosen = sample_nodes(
+            nodes,
+            fraction=self.federation.fraction_train,
+            minimum=self.federation.min_nodes,
+            seed=self.federation.seed * 100_003 + server_round + 7_919 * attempt,
         )
-        seed = self.federation.seed * 100_003 + server_round + 7_919 * attempt
-        chosen = sorted(random.Random(seed).sample(nodes, count))
         config = ConfigRecord(
             {
                 **self._train_config,
@@ -179,8 +180,14 @@ class LoraStrategy(Strategy):
             grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
         )
         server_round += self.round_offset
+        chosen = sample_nodes(
+            nodes,
+            fraction=self.federation.fraction_evaluate,
+            minimum=1,
+            seed=f"fedlora-evaluate|{self.federation.seed}|{server_round}",
+        )
         config = ConfigRecord({**config, "server-round": server_round})
-        self._sent_eval = self._messages(server_round, "evaluate", nodes, config)
+        self._sent_eval = self._messages(server_round, "evaluate", chosen, config)
         return self._sent_eval
 
     def aggregate_train(
@@ -298,10 +305,11 @@ class LoraStrategy(Strategy):
     def summary(self) -> None:
         log(
             INFO,
-            "\t├── %s: min-nodes=%d fraction-train=%.2f",
+            "\t├── %s: min-nodes=%d fraction-train=%.2f fraction-evaluate=%.2f",
             type(self).__name__,
             self.federation.min_nodes,
             self.federation.fraction_train,
+            self.federation.fraction_evaluate,
         )
 
     # -- checkpoint -----------------------------------------------------------------------------
