@@ -71,6 +71,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         node_configs=node_configs,
         verbose=args.verbose,
         state_dir=args.state_dir,
+        live=sys.stdout.isatty(),  # a live bar on a terminal; plain lines in pipes and logs
     )
     print(f"[fedlora] metrics: {outcome.run_dir / 'metrics.jsonl'}")
     return 0 if outcome.stopped is None else 1

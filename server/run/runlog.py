@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from server.run.privacy_summary import decline_notes, epsilon_column
+from server.run.progress import refusal_lines, round_line
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -58,24 +59,28 @@ class RunLog:
     echo: Callable[[str], None] = print
     started: float = field(default_factory=time.perf_counter)
     records: list[dict[str, Any]] = field(default_factory=list)
+    last: float = field(init=False, default=0.0)  # when the last record was written
+
+    def __post_init__(self) -> None:
+        self.last = self.started
 
     def write(self, record: dict[str, Any]) -> None:
-        record = {**record, "elapsed_s": round(time.perf_counter() - self.started, 3)}
+        """Append ``record`` (with ``elapsed_s`` since the start and ``round_s`` since the last
+        record) to ``metrics.jsonl``; echo its progress line and the first refusals."""
+        now = time.perf_counter()
+        record = {**record, "elapsed_s": round(now - self.started, 3),
+                  "round_s": round(now - self.last, 3)}  # fmt: skip
+        self.last = now
         self.records.append(record)
         with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         self.echo(self.progress_line(record))
+        for line in refusal_lines(record):
+            self.echo(line)
 
     def progress_line(self, record: dict[str, Any]) -> str:
-        nodes = record.get("nodes", {})
-        evals = " ".join(f"{name}={_fmt(n.get('eval_loss'))}" for name, n in nodes.items())
-        parts = [f"[fedlora] round {record['round']}/{self.num_rounds}", f"eval loss {evals}"]
-        if record["round"] > 0:
-            parts.append(f"global rank {record.get('global_rank', 0)}")
-            parts.append(f"trunc err {record.get('recompress_error', 0.0):.1e}")
-            parts.append(f"up {record.get('bytes_up', 0) / 1e3:.0f} kB")
-        parts.append(f"{record['elapsed_s']:.0f} s")
-        return " | ".join(parts)
+        """One line, at most ``LINE_CHARS`` characters at any number of nodes."""
+        return round_line(record, num_rounds=self.num_rounds)
 
     def summary_table(self) -> str:
         """Per node: rank, eval loss before the first and after the last round."""

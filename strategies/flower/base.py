@@ -151,6 +151,9 @@ class LoraStrategy(Strategy):
             minimum=self.federation.min_nodes,
             seed=self.federation.seed * 100_003 + server_round + 7_919 * attempt,
         )
+        report = self.report(server_round)
+        report.available = len(nodes)
+        report.sampled.update(chosen)
         config = ConfigRecord(
             {
                 **self._train_config,
@@ -186,6 +189,8 @@ class LoraStrategy(Strategy):
             minimum=1,
             seed=f"fedlora-evaluate|{self.federation.seed}|{server_round}",
         )
+        if server_round == 0:  # an evaluation-only round: its sample is the whole round
+            self.report(server_round).available = len(nodes)
         config = ConfigRecord({**config, "server-round": server_round})
         self._sent_eval = self._messages(server_round, "evaluate", chosen, config)
         return self._sent_eval
@@ -249,7 +254,7 @@ class LoraStrategy(Strategy):
         for bad in parsed.rejected:
             entry = report.node(bad.node_id, self._label(bad.node_id, bad.name))
             entry.rejected = bad.reason
-            log(WARNING, "round %d: reply from %s not used: %s", server_round, entry.name,
+            log(INFO, "round %d: reply from %s not used: %s", server_round, entry.name,
                 bad.reason)  # fmt: skip
         record_privacy(report, kept, self._label)  # ε is spent whether or not a reply is used
         return parsed
@@ -286,13 +291,8 @@ class LoraStrategy(Strategy):
             entry = report.node(node, self._label(node, result.name))
             if isinstance(result, Rejected):
                 entry.rejected = result.reason
-                log(
-                    WARNING,
-                    "round %d: evaluation from %s not used: %s",
-                    server_round,
-                    entry.name,
-                    result.reason,
-                )
+                log(INFO, "round %d: evaluation from %s not used: %s", server_round, entry.name,
+                    result.reason)  # fmt: skip
             else:
                 entry.eval_loss = result.loss
                 results.append(result)
