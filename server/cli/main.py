@@ -69,6 +69,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         num_nodes=nodes,
         run_config=overrides,
         node_configs=node_configs,
+        num_threads=args.threads,
         verbose=args.verbose,
         state_dir=args.state_dir,
         live=sys.stdout.isatty(),  # a live bar on a terminal; plain lines in pipes and logs
@@ -203,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rounds", type=int, help="federated rounds (default 3)")
     sim.add_argument("--ranks", help='LoRA rank per node, cycled (default "4,8,16")')
     sim.add_argument("--base-model", help="model folder or hub id (default: the embedded model)")
+    sim.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (node setting `num-threads`; default: torch's own choice)",
+    )
     sim.add_argument("--run-dir", help="where run folders go (default ./runs)")
     sim.add_argument(
         "--state-dir",
