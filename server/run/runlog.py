@@ -14,6 +14,9 @@ from server.run.privacy_summary import decline_notes, epsilon_column
 from server.run.progress import refusal_lines, round_line
 
 METRICS_FILE = "metrics.jsonl"
+# The end-of-run summary names at most this many nodes, and this many nodes no longer used.
+SUMMARY_NODES = 24
+SUMMARY_DECLINES = 5
 
 
 def new_run_dir(root: Path) -> Path:
@@ -83,7 +86,9 @@ class RunLog:
         return round_line(record, num_rounds=self.num_rounds)
 
     def summary_table(self) -> str:
-        """Per node: rank, eval loss before the first and after the last round."""
+        """Per node: rank, eval loss before the first and after the last round; the first
+        ``SUMMARY_NODES`` nodes by name and ``SUMMARY_DECLINES`` nodes no longer used, then a
+        count of the rest (metrics.jsonl has them all)."""
         if not self.records:
             return "(no rounds recorded)"
         first, last = self.records[0], self.records[-1]
@@ -94,7 +99,7 @@ class RunLog:
         eps = epsilon_column(self.records)  # empty unless some node ran with privacy
         lines = [f"{'node':<{width}}  rank  eval loss r0  eval loss r{last['round']}  change"
                  + ("  ε spent" if eps else "")]  # fmt: skip
-        for name in names:
+        for name in names[:SUMMARY_NODES]:
             before = first.get("nodes", {}).get(name, {}).get("eval_loss")
             after = last.get("nodes", {}).get(name, {}).get("eval_loss")
             change = "-" if before is None or after is None else f"{after - before:+.3f}"
@@ -103,11 +108,17 @@ class RunLog:
                 f"{name:<{width}}  {rank!s:>4}  {_fmt(before):>12}  {_fmt(after):>12}  {change:>6}"
                 + (f"  {eps.get(name, '-')}" if eps else "")
             )
+        if len(names) > SUMMARY_NODES:
+            lines.append(f"… and {len(names) - SUMMARY_NODES} more nodes, see {METRICS_FILE}")
         total_up = sum(rec.get("bytes_up", 0) for rec in self.records)
         total_down = sum(rec.get("bytes_down", 0) for rec in self.records)
         lines.append(
             f"global rank {last.get('global_rank', 0)}; LoRA factors up {total_up / 1e6:.2f} MB, "
             f"down {total_down / 1e6:.2f} MB; {last['elapsed_s']:.0f} s"
         )
-        lines.extend(decline_notes(self.records))
+        notes = decline_notes(self.records)
+        lines.extend(notes[:SUMMARY_DECLINES])
+        if len(notes) > SUMMARY_DECLINES:
+            lines.append(f"… and {len(notes) - SUMMARY_DECLINES} more nodes not used, see "
+                         f"{METRICS_FILE}")  # fmt: skip
         return "\n".join(lines)

@@ -22,7 +22,7 @@ from server.run.progress import (
     round_line,
     seconds_text,
 )
-from server.run.runlog import METRICS_FILE, RunLog
+from server.run.runlog import METRICS_FILE, SUMMARY_DECLINES, SUMMARY_NODES, RunLog
 from server.simulation.inprocess import InProcessGrid, node_contexts
 from server.simulation.progress import PER_NODE_LINES, LiveProgress, PlainProgress
 from strategies import protocol as p
@@ -170,3 +170,13 @@ def test_the_live_bar_draws_on_a_terminal_and_prints_lines_above_it() -> None:
     out = screen.getvalue()
     assert "round 2 train" in out and "10/20" in out and "[fedlora] round 2/3 | a line" in out
     assert "\x1b[" in out  # drawn with terminal control sequences, unlike plain lines
+
+
+def test_the_end_of_run_summary_names_a_bounded_number_of_nodes(tmp_path: Path) -> None:
+    log = RunLog(tmp_path, 1, echo=lambda _: None)
+    log.write(record(100, sampled=100, refused=0, server_round=0))
+    log.write(record(100, sampled=40, refused=30, server_round=1))
+    lines = log.summary_table().splitlines()
+    assert len(lines) == 1 + SUMMARY_NODES + 1 + 1 + SUMMARY_DECLINES + 1
+    assert lines[SUMMARY_NODES + 1] == f"… and {100 - SUMMARY_NODES} more nodes, see metrics.jsonl"
+    assert lines[-1] == f"… and {30 - SUMMARY_DECLINES} more nodes not used, see metrics.jsonl"
