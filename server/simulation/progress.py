@@ -85,7 +85,7 @@ class LiveProgress(PlainProgress):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console()
         self.bar = Progress(
-            TextColumn(PREFIX + " {task.description}"),
+            TextColumn(PREFIX + " {task.description}", markup=False),  # "[fedlora]" is no tag
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -119,6 +119,7 @@ class LiveProgress(PlainProgress):
             if self.done >= self.total:
                 self.bar.remove_task(self.task)
                 self.task = None
+                self.bar.refresh()  # lines printed next must not redraw the last frame's bar
 
     def close(self) -> None:
         """Stop the bar (and its refresh thread)."""

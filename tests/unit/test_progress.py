@@ -168,7 +168,8 @@ def test_the_live_bar_draws_on_a_terminal_and_prints_lines_above_it() -> None:
     finally:
         live.close()
     out = screen.getvalue()
-    assert "round 2 train" in out and "10/20" in out and "[fedlora] round 2/3 | a line" in out
+    assert "[fedlora] round 2 train" in out and "10/20" in out
+    assert "[fedlora] round 2/3 | a line" in out
     assert "\x1b[" in out  # drawn with terminal control sequences, unlike plain lines
 
 
