@@ -32,6 +32,8 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "server-lr": 1.0,
     "min-nodes": 2,
     "fraction-train": 1.0,
+    # Share of the connected nodes that evaluate each round (seeded sample, at least one).
+    "fraction-evaluate": 1.0,
     "node-wait-s": 120.0,
     "round-timeout-s": 900.0,
     "seed": 0,

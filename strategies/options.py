@@ -14,6 +14,8 @@ class Federation:
 
     min_nodes: int = 1
     fraction_train: float = 1.0
+    # Share of the connected nodes sampled for evaluation each round (at least one node).
+    fraction_evaluate: float = 1.0
     node_wait_s: float = 120.0
     seed: int = 0
 
@@ -23,6 +25,11 @@ class Federation:
             problems.append(f"`min-nodes` is {self.min_nodes}: use an integer >= 1")
         if not 0.0 < self.fraction_train <= 1.0:
             problems.append(f"`fraction-train` is {self.fraction_train}: use a value in (0, 1]")
+        if not 0.0 < self.fraction_evaluate <= 1.0:
+            problems.append(
+                f"`fraction-evaluate` is {self.fraction_evaluate}: use a value in (0, 1] "
+                "(1: every node evaluates)"
+            )
         if not self.node_wait_s > 0:
             problems.append(f"`node-wait-s` is {self.node_wait_s}: use seconds > 0")
         if problems:

@@ -69,22 +69,56 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         num_nodes=nodes,
         run_config=overrides,
         node_configs=node_configs,
+        num_threads=args.threads,
         verbose=args.verbose,
         state_dir=args.state_dir,
+        live=sys.stdout.isatty(),  # a live bar on a terminal; plain lines in pipes and logs
     )
     print(f"[fedlora] metrics: {outcome.run_dir / 'metrics.jsonl'}")
     return 0 if outcome.stopped is None else 1
 
 
+# `data synth` lists each folder up to this many institutions, then one summary line.
+LISTED_FOLDERS = 12
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from client.data.synth import write_setting
+    from client.data.synth.many import roster_summary, write_institutions
 
-    folders = write_setting(args.out, args.setting, partitions=args.partitions,
-                            n_train=args.train, n_eval=args.eval, seed=args.seed)  # fmt: skip
+    if args.nodes is not None:
+        _check_nodes_option(args)
+        folders = write_institutions(args.out, args.nodes, n_train=args.train, n_eval=args.eval,
+                                     seed=args.seed)  # fmt: skip
+    else:
+        partitions = 3 if args.partitions is None else args.partitions
+        folders = write_setting(args.out, args.setting, partitions=partitions,
+                                n_train=args.train, n_eval=args.eval, seed=args.seed)  # fmt: skip
+    if len(folders) > LISTED_FOLDERS:
+        train = sum(1 for _ in (folders[0] / "train.jsonl").open(encoding="utf-8"))
+        print(f"{args.out}: {len(folders)} institutions ({roster_summary(folders)}), "
+              f"{train} training and {args.eval} eval records each")  # fmt: skip
+        return 0
     for folder in folders:
         train = sum(1 for _ in (folder / "train.jsonl").open(encoding="utf-8"))
         print(f"{folder}/train.jsonl ({train} records), eval.jsonl ({args.eval})")
     return 0
+
+
+def _check_nodes_option(args: argparse.Namespace) -> None:
+    """`--nodes` goes with the domains setting alone; refuse the other combinations."""
+    if args.setting == "scarce":
+        raise ValueError(
+            f"`--nodes` is {args.nodes} with `--setting scarce`, whose six institutions are "
+            f"fixed: drop `--nodes`, or write {args.nodes} institutions with little data "
+            f"with `--nodes {args.nodes} --train 48`"
+        )
+    if args.partitions is not None:
+        raise ValueError(
+            f"`--partitions` is {args.partitions} and `--nodes` is {args.nodes}: give one, "
+            "`--nodes N` (institutions with their own case mix and style) or `--partitions N` "
+            "(the three domains' plain profiles)"
+        )
 
 
 def _cmd_adapter_inspect(args: argparse.Namespace) -> int:
@@ -170,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rounds", type=int, help="federated rounds (default 3)")
     sim.add_argument("--ranks", help='LoRA rank per node, cycled (default "4,8,16")')
     sim.add_argument("--base-model", help="model folder or hub id (default: the embedded model)")
+    sim.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (node setting `num-threads`; default: torch's own choice)",
+    )
     sim.add_argument("--run-dir", help="where run folders go (default ./runs)")
     sim.add_argument(
         "--state-dir",
@@ -207,7 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="domains: --partitions institutions over three domains, 256 training records "
         "each; scarce: six institutions, two per domain, 48 training records each",
     )
-    synth.add_argument("--partitions", type=int, default=3, help="institutions (domains only)")
+    synth.add_argument(
+        "--partitions", type=int, help="institutions with the domains' plain profiles (default 3)"
+    )
+    synth.add_argument(
+        "--nodes",
+        type=int,
+        help="N institutions cycling cardiology, pediatrics and banking, each with its own case "
+        "mix, writing style and seed (domains setting)",
+    )
     synth.add_argument("--train", type=int, help="training records per institution")
     synth.add_argument("--eval", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)

@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from server.run.privacy_summary import decline_notes, epsilon_column
+from server.run.progress import refusal_lines, round_line
 
 METRICS_FILE = "metrics.jsonl"
+# The end-of-run summary names at most this many nodes, and this many nodes no longer used.
+SUMMARY_NODES = 24
+SUMMARY_DECLINES = 5
 
 
 def new_run_dir(root: Path) -> Path:
@@ -58,27 +62,33 @@ class RunLog:
     echo: Callable[[str], None] = print
     started: float = field(default_factory=time.perf_counter)
     records: list[dict[str, Any]] = field(default_factory=list)
+    last: float = field(init=False, default=0.0)  # when the last record was written
+
+    def __post_init__(self) -> None:
+        self.last = self.started
 
     def write(self, record: dict[str, Any]) -> None:
-        record = {**record, "elapsed_s": round(time.perf_counter() - self.started, 3)}
+        """Append ``record`` (with ``elapsed_s`` since the start and ``round_s`` since the last
+        record) to ``metrics.jsonl``; echo its progress line and the first refusals."""
+        now = time.perf_counter()
+        record = {**record, "elapsed_s": round(now - self.started, 3),
+                  "round_s": round(now - self.last, 3)}  # fmt: skip
+        self.last = now
         self.records.append(record)
         with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         self.echo(self.progress_line(record))
+        for line in refusal_lines(record):
+            self.echo(line)
 
     def progress_line(self, record: dict[str, Any]) -> str:
-        nodes = record.get("nodes", {})
-        evals = " ".join(f"{name}={_fmt(n.get('eval_loss'))}" for name, n in nodes.items())
-        parts = [f"[fedlora] round {record['round']}/{self.num_rounds}", f"eval loss {evals}"]
-        if record["round"] > 0:
-            parts.append(f"global rank {record.get('global_rank', 0)}")
-            parts.append(f"trunc err {record.get('recompress_error', 0.0):.1e}")
-            parts.append(f"up {record.get('bytes_up', 0) / 1e3:.0f} kB")
-        parts.append(f"{record['elapsed_s']:.0f} s")
-        return " | ".join(parts)
+        """One line, at most ``LINE_CHARS`` characters at any number of nodes."""
+        return round_line(record, num_rounds=self.num_rounds)
 
     def summary_table(self) -> str:
-        """Per node: rank, eval loss before the first and after the last round."""
+        """Per node: rank, eval loss before the first and after the last round; the first
+        ``SUMMARY_NODES`` nodes by name and ``SUMMARY_DECLINES`` nodes no longer used, then a
+        count of the rest (metrics.jsonl has them all)."""
         if not self.records:
             return "(no rounds recorded)"
         first, last = self.records[0], self.records[-1]
@@ -89,7 +99,7 @@ class RunLog:
         eps = epsilon_column(self.records)  # empty unless some node ran with privacy
         lines = [f"{'node':<{width}}  rank  eval loss r0  eval loss r{last['round']}  change"
                  + ("  ε spent" if eps else "")]  # fmt: skip
-        for name in names:
+        for name in names[:SUMMARY_NODES]:
             before = first.get("nodes", {}).get(name, {}).get("eval_loss")
             after = last.get("nodes", {}).get(name, {}).get("eval_loss")
             change = "-" if before is None or after is None else f"{after - before:+.3f}"
@@ -98,11 +108,17 @@ class RunLog:
                 f"{name:<{width}}  {rank!s:>4}  {_fmt(before):>12}  {_fmt(after):>12}  {change:>6}"
                 + (f"  {eps.get(name, '-')}" if eps else "")
             )
+        if len(names) > SUMMARY_NODES:
+            lines.append(f"… and {len(names) - SUMMARY_NODES} more nodes, see {METRICS_FILE}")
         total_up = sum(rec.get("bytes_up", 0) for rec in self.records)
         total_down = sum(rec.get("bytes_down", 0) for rec in self.records)
         lines.append(
             f"global rank {last.get('global_rank', 0)}; LoRA factors up {total_up / 1e6:.2f} MB, "
             f"down {total_down / 1e6:.2f} MB; {last['elapsed_s']:.0f} s"
         )
-        lines.extend(decline_notes(self.records))
+        notes = decline_notes(self.records)
+        lines.extend(notes[:SUMMARY_DECLINES])
+        if len(notes) > SUMMARY_DECLINES:
+            lines.append(f"… and {len(notes) - SUMMARY_DECLINES} more nodes not used, see "
+                         f"{METRICS_FILE}")  # fmt: skip
         return "\n".join(lines)

@@ -72,6 +72,7 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         Federation,
         min_nodes=r.get("min-nodes", int, "use an integer >= 1"),
         fraction_train=r.get("fraction-train", float, "use a value in (0, 1]"),
+        fraction_evaluate=r.get("fraction-evaluate", float, "use a value in (0, 1]"),
         node_wait_s=r.get("node-wait-s", float, "use seconds > 0"),
         seed=seed,
     )

@@ -8,7 +8,7 @@ state), as in a deployment. Errors raised by the ClientApp become error replies,
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -31,12 +31,14 @@ class InProcessGrid(Grid):
         *,
         run_id: int = 1,
         on_reply: Callable[[Message, Message], None] | None = None,
+        on_push: Callable[[Sequence[Message]], None] | None = None,
     ) -> None:
         self._client_app = client_app
         self._contexts = contexts
         self._run = Run.create_empty(run_id)
         self._pending: dict[str, Message] = {}
         self._on_reply = on_reply
+        self._on_push = on_push
         # Who is sending: the SuperLink's ServerApp task, as Flower's runtime sets it.
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = run_id
@@ -63,6 +65,9 @@ class InProcessGrid(Grid):
         return list(self._contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        if self._on_push is not None:
+            self._on_push(messages)
         ids = []
         for msg in messages:
             if msg.metadata.dst_node_id not in self._contexts:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context
 from flwr.clientapp import ClientApp
 
 from client.privacy.settings import STATE_DIR_KEY
@@ -16,10 +15,9 @@ from common.config import DEFAULT_RUN_CONFIG, ConfigValue, SettingsError
 from server.report.html import write_report
 from server.run.checkpoint import saved_run_config
 from server.run.federation import RunOutcome, run_federation
-from server.run.privacy_summary import epsilon_note
 from server.run.settings import server_settings
 from server.simulation.inprocess import InProcessGrid, node_contexts
-from strategies import protocol as p
+from server.simulation.progress import LiveProgress, PlainProgress
 
 
 def simulate(
@@ -31,6 +29,7 @@ def simulate(
     echo: Callable[[str], None] = print,
     verbose: bool = False,
     state_dir: Path | None = None,
+    live: bool = False,
 ) -> RunOutcome:
     """Run a whole federation in-process; returns the run folder, adapter folder and records.
 
@@ -38,7 +37,8 @@ def simulate(
     settings saved in that run's checkpoint; node ``i`` gets
     ``partition-id = i`` (its synthetic institution) unless ``node_configs`` says otherwise.
     Each node keeps its privacy ledger in ``state_dir/<node name>`` (default: the run folder's
-    ``state/<node name>``) unless its node config sets ``state-dir``.
+    ``state/<node name>``) unless its node config sets ``state-dir``. ``live``: a live progress
+    bar on this process's terminal (rich), the lines printed above it instead of through ``echo``.
     """
     if num_nodes < 1:
         raise ValueError(f"`--nodes` is {num_nodes}: use an integer >= 1")
@@ -55,10 +55,16 @@ def simulate(
         nodes[i].update(extra)
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
     contexts = node_contexts(nodes, config)
-    grid = InProcessGrid(_client_app(), contexts, on_reply=_progress(echo))
+    progress = LiveProgress() if live else PlainProgress(echo)
+    grid = InProcessGrid(
+        _client_app(), contexts, on_reply=progress.replied, on_push=progress.pushed
+    )
     place = _state_dirs(contexts, config, root=state_dir)
-    outcome = run_federation(grid, settings, echo=echo, on_run_dir=place)
-    echo(f"[fedlora] report: {write_report(outcome.run_dir)}")
+    try:
+        outcome = run_federation(grid, settings, echo=progress.echo, on_run_dir=place)
+        progress.echo(f"[fedlora] report: {write_report(outcome.run_dir)}")
+    finally:
+        progress.close()
     return outcome
 
 
@@ -79,28 +85,6 @@ def _state_dirs(
                 context.node_config[STATE_DIR_KEY] = str(base / name)
 
     return place
-
-
-def _progress(echo: Callable[[str], None]) -> Callable[[Message, Message], None]:
-    """One line per node as its training reply arrives."""
-
-    def on_reply(msg: Message, reply: Message) -> None:
-        if msg.metadata.message_type != "train":
-            return
-        if reply.has_error():
-            reason = reply.error.reason.splitlines()[0] if reply.error.reason else "?"
-            echo(f"[fedlora]   node {msg.metadata.dst_node_id} failed: {reason}")
-            return
-        adapter: Mapping[str, Any] = reply.content.config_records.get(p.ADAPTER, {})
-        metrics: Mapping[str, Any] = reply.content.metric_records.get(p.METRICS, {})
-        name, rank = adapter.get(p.NODE_NAME, "?"), adapter.get(p.RANK, "?")
-        loss, seconds = metrics.get(p.TRAIN_LOSS), metrics.get(p.TRAIN_SECONDS)
-        shown = f"{loss:.3f}" if isinstance(loss, float) else "—"  # absent under DP modes
-        took = f", {seconds:.1f} s" if isinstance(seconds, float) else ""
-        spent = epsilon_note(metrics)
-        echo(f"[fedlora]   {name!s}: rank {rank!s}, train loss {shown}{took}{spent}")
-
-    return on_reply
 
 
 def _client_app() -> ClientApp:

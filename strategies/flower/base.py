@@ -9,7 +9,6 @@ that each algorithm implements with the pure functions of its own module.
 from __future__ import annotations
 
 import math
-import random
 import secrets
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
@@ -42,6 +41,7 @@ from strategies.flower.rounds import (
     RoundFailedError,
     RoundPolicy,
     addressee,
+    sample_nodes,
     screen_replies,
     wait_for_nodes,
 )
@@ -146,13 +146,17 @@ class LoraStrategy(Strategy):
         nodes = wait_for_nodes(
             self._grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
         )
-        count = max(
-            self.federation.min_nodes, math.ceil(self.federation.fraction_train * len(nodes))
+        chosen = sample_nodes(
+            nodes,
+            fraction=self.federation.fraction_train,
+            minimum=self.federation.min_nodes,
+            seed=self.federation.seed * 100_003 + server_round + 7_919 * attempt,
         )
-        seed = self.federation.seed * 100_003 + server_round + 7_919 * attempt
-        chosen = sorted(random.Random(seed).sample(nodes, count))
         expected = self.expected_modules()  # named by digest: a node with these sends no names
         digest = {p.MODULES_DIGEST: module_digest(expected)} if expected else {}
+        report = self.report(server_round)
+        report.available = len(nodes)
+        report.sampled.update(chosen)
         config = ConfigRecord(
             {
                 **self._train_config,
@@ -183,8 +187,16 @@ class LoraStrategy(Strategy):
             grid, min_nodes=self.federation.min_nodes, timeout_s=self.federation.node_wait_s
         )
         server_round += self.round_offset
+        chosen = sample_nodes(
+            nodes,
+            fraction=self.federation.fraction_evaluate,
+            minimum=1,
+            seed=f"fedlora-evaluate|{self.federation.seed}|{server_round}",
+        )
+        if server_round == 0:  # an evaluation-only round: its sample is the whole round
+            self.report(server_round).available = len(nodes)
         config = ConfigRecord({**config, "server-round": server_round})
-        self._sent_eval = self._messages(server_round, "evaluate", nodes, config)
+        self._sent_eval = self._messages(server_round, "evaluate", chosen, config)
         return self._sent_eval
 
     def aggregate_train(
@@ -246,7 +258,7 @@ class LoraStrategy(Strategy):
         for bad in parsed.rejected:
             entry = report.node(bad.node_id, self._label(bad.node_id, bad.name))
             entry.rejected = bad.reason
-            log(WARNING, "round %d: reply from %s not used: %s", server_round, entry.name,
+            log(INFO, "round %d: reply from %s not used: %s", server_round, entry.name,
                 bad.reason)  # fmt: skip
         record_privacy(report, kept, self._label)  # ε is spent whether or not a reply is used
         return parsed
@@ -283,13 +295,8 @@ class LoraStrategy(Strategy):
             entry = report.node(node, self._label(node, result.name))
             if isinstance(result, Rejected):
                 entry.rejected = result.reason
-                log(
-                    WARNING,
-                    "round %d: evaluation from %s not used: %s",
-                    server_round,
-                    entry.name,
-                    result.reason,
-                )
+                log(INFO, "round %d: evaluation from %s not used: %s", server_round, entry.name,
+                    result.reason)  # fmt: skip
             else:
                 entry.eval_loss = result.loss
                 results.append(result)
@@ -302,10 +309,11 @@ class LoraStrategy(Strategy):
     def summary(self) -> None:
         log(
             INFO,
-            "\t├── %s: min-nodes=%d fraction-train=%.2f",
+            "\t├── %s: min-nodes=%d fraction-train=%.2f fraction-evaluate=%.2f",
             type(self).__name__,
             self.federation.min_nodes,
             self.federation.fraction_train,
+            self.federation.fraction_evaluate,
         )
 
     # -- checkpoint -----------------------------------------------------------------------------

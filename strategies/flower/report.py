@@ -38,6 +38,10 @@ class RoundReport:
     global_rank: int = 0
     recompress_error: float = 0.0
     aggregated: bool = False
+    # Nodes connected when this round's nodes were sampled; nodes sent a train instruction (all
+    # attempts of the round).
+    available: int = 0
+    sampled: set[int] = field(default_factory=set)
     extra: dict[str, float] = field(default_factory=dict)
 
     def node(self, node_id: int, name: str = "") -> NodeRound:
@@ -59,6 +63,8 @@ class RoundReport:
             "aggregated": self.aggregated,
             "global_rank": self.global_rank,
             "recompress_error": self.recompress_error,
+            "available": self.available,
+            "sampled": len(self.sampled),
             "bytes_up": sum(e.bytes_up for e in self.nodes.values()),
             "bytes_down": sum(e.bytes_down for e in self.nodes.values()),
             **self.extra,

@@ -10,6 +10,8 @@ construction. This module records each instruction left without a reply.
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -61,6 +63,21 @@ def wait_for_nodes(
                 f"{min_nodes}: start more nodes, raise `node-wait-s`, or lower `min-nodes`"
             )
         time.sleep(poll_s)
+
+
+def sample_nodes(
+    nodes: Sequence[int], *, fraction: float, minimum: int, seed: int | str
+) -> list[int]:
+    """A seeded sample of ``nodes``: ``ceil(fraction * len(nodes))`` of them, at least
+    ``minimum`` and at most all, sorted; the same ``seed`` gives the same sample.
+
+    ``fraction * len(nodes)`` is rounded to 9 decimals first, so 0.07 of 100 nodes is 7 (the
+    float product is 7.000000000000001).
+    """
+    count = min(len(nodes), max(minimum, math.ceil(round(fraction * len(nodes), 9))))
+    if count == len(nodes):
+        return sorted(nodes)
+    return sorted(random.Random(seed).sample(list(nodes), count))
 
 
 class RoundFailedError(RuntimeError):

@@ -4,6 +4,7 @@ a poisoned scaling, strategy-specific screens, deterministic tie-breaks, metric 
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -116,7 +117,8 @@ def test_a_refusal_by_a_strategy_screen_keeps_each_nodes_record_and_names_the_re
         _reply(sent[1002], _factors(1002), name="beta"),
         _reply(sent[1003], _factors(1003, rank=4), rank=4, alpha=8.0, name="alpha"),
     ]
-    strategy.aggregate_train(1, replies)
+    with caplog.at_level(logging.INFO, logger="flwr"):  # per-node refusals are logged at INFO
+        strategy.aggregate_train(1, replies)
     report = strategy.report(1)
     nodes = report.to_json()["nodes"]
     assert sorted(n["node_id"] for n in nodes.values()) == [1001, 1002, 1003]

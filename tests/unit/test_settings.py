@@ -40,6 +40,23 @@ def test_all_problems_are_reported_together_with_their_fields() -> None:
     assert "flora" in text  # the fix: the known strategy names
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"), [(0, "0.0"), (-0.5, "-0.5"), (1.01, "1.01"), ("half", "'half'")]
+)
+def test_fraction_evaluate_outside_zero_one_is_refused_with_key_value_and_fix(
+    value: object, shown: str
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        server_settings({"fraction-evaluate": value})  # type: ignore[dict-item]
+    [only] = info.value.problems
+    assert only.startswith(f"`fraction-evaluate` is {shown}: use a value in (0, 1]")
+
+
+def test_fraction_evaluate_is_read_into_the_federation_settings() -> None:
+    assert server_settings({"fraction-evaluate": 0.1}).federation.fraction_evaluate == 0.1
+    assert server_settings({}).federation.fraction_evaluate == 1.0
+
+
 def test_unknown_keys_are_refused() -> None:
     with pytest.raises(SettingsError, match="num-rounds"):
         server_settings({"num-rounds": 3})

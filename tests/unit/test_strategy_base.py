@@ -11,6 +11,7 @@ from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
 from strategies.flower.base import AggregationOptions, Federation, NotEnoughNodesError
 from strategies.flower.flora import FLoRA
+from strategies.flower.rounds import sample_nodes
 
 
 def _grid(nodes: int) -> InProcessGrid:
@@ -56,8 +57,41 @@ def test_waiting_for_nodes_is_bounded_and_says_how_to_fix_it() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"min_nodes": 0}, "min-nodes"), ({"fraction_train": 0.0}, "fraction-train"),
-     ({"node_wait_s": -1.0}, "node-wait-s")],
+     ({"node_wait_s": -1.0}, "node-wait-s"), ({"fraction_evaluate": 0.0}, "fraction-evaluate"),
+     ({"fraction_evaluate": 1.5}, "fraction-evaluate"),
+     ({"fraction_evaluate": float("nan")}, "fraction-evaluate")],
 )  # fmt: skip
 def test_bad_federation_settings_name_the_key(kwargs, field) -> None:
     with pytest.raises(ValueError, match=f"`{field}`"):
         Federation(**kwargs)
+
+
+def _evaluated(strategy: FLoRA, grid: InProcessGrid, server_round: int) -> list[int]:
+    messages = strategy.configure_evaluate(server_round, ArrayRecord(), ConfigRecord(), grid)
+    return [m.metadata.dst_node_id for m in messages]
+
+
+def test_fraction_evaluate_samples_reproducibly_per_round_and_at_least_one_node() -> None:
+    grid = _grid(10)
+    strategy = _strategy(min_nodes=1, fraction_evaluate=0.3, seed=5)
+    first = _evaluated(strategy, grid, 1)
+    assert len(first) == 3 and first == sorted(first) and len(set(first)) == 3
+    assert first == _evaluated(_strategy(min_nodes=1, fraction_evaluate=0.3, seed=5), grid, 1)
+    rounds = {tuple(_evaluated(strategy, grid, r)) for r in range(1, 9)}
+    assert len(rounds) > 1  # a fresh sample each round
+    assert len(_evaluated(_strategy(min_nodes=1, fraction_evaluate=0.01), grid, 0)) == 1
+    assert len(_evaluated(_strategy(min_nodes=5, fraction_evaluate=0.01), grid, 0)) == 1
+    assert len(_evaluated(_strategy(min_nodes=1), grid, 0)) == 10  # default 1.0: everyone
+
+
+def test_a_fraction_of_nodes_is_that_many_nodes_despite_float_products() -> None:
+    """0.07 * 100 is 7.000000000000001 in floats: the sample was 8 nodes before."""
+    grid = _grid(100)
+    strategy = _strategy(min_nodes=1, fraction_train=0.07, fraction_evaluate=0.07)
+    assert len(list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))) == 7
+    assert len(_evaluated(strategy, grid, 1)) == 7
+    assert sample_nodes(list(range(100)), fraction=0.1, minimum=2, seed=0) == sample_nodes(
+        list(range(100)), fraction=0.1, minimum=2, seed=0
+    )
+    assert len(sample_nodes(list(range(3)), fraction=0.1, minimum=2, seed=0)) == 2
+    assert sample_nodes([3, 1, 2], fraction=1.0, minimum=1, seed=0) == [1, 2, 3]

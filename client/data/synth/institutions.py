@@ -71,6 +71,14 @@ _SPELLED_OUT_PEDS = _replacing(
     (r"%ile\b", " percentile"),
 )
 _LOWER_PIPES_BANK = _replacing((r";", " |"), (r"\*{4}", "xx"), lower=True)
+_LOWER = _replacing(lower=True)
+
+# The writing styles of each domain, for the many-institution roster (client/data/synth/many.py).
+DOMAIN_STYLES: dict[str, tuple[Style, ...]] = {
+    "hospital-cardiology": (_plain, _SPELLED_OUT_CARDIO, _LOWER),
+    "hospital-pediatrics": (_plain, _SPELLED_OUT_PEDS, _LOWER),
+    "bank-transactions": (_plain, _LOWER_PIPES_BANK, _LOWER),
+}
 
 
 @dataclass(frozen=True)
