@@ -167,7 +167,9 @@ def _orthonormal(y: F64, metric: F64, unit: float = EPS) -> tuple[F64, F64, F64]
 def _euclidean(y: F64) -> F64:
     """``y``'s range with orthonormal columns: shifted Cholesky-QR levels the columns, then
     plain Cholesky-QR makes them orthonormal (CholeskyQR2); where the levelled columns are still
-    numerically dependent, an eigen-decomposition drops those directions (rank-revealing)."""
+    numerically dependent, an eigen-decomposition drops those directions (rank-revealing) and a
+    Householder QR of the kept ones makes them orthonormal to float64 rounding (one pass of
+    ``y V Λ^-1/2`` alone leaves an error that grows with the kept directions' conditioning)."""
     y = y @ _shifted_cholesky_inverse(_sym(y.T @ y))  # (n, l) levelled
     h = _sym(y.T @ y)  # (l, l), close to I unless y was rank deficient
     if h.size and float(np.linalg.eigvalsh(h)[0]) > 0.1:  # cond(h) < 10: Cholesky is exact
@@ -177,7 +179,7 @@ def _euclidean(y: F64) -> F64:
     if lam.size == 0 or lam[-1] <= 0:
         return y[:, :0]
     keep = lam > lam[-1] * EPS * 10 * y.shape[1]
-    basis = y @ (v[:, keep] / np.sqrt(lam[keep]))  # (n, l')
+    basis, _ = np.linalg.qr(y @ (v[:, keep] / np.sqrt(lam[keep])))  # (n, l')
     return basis
 
 
