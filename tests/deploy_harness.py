@@ -42,6 +42,10 @@ def free_ports(n: int) -> list[int]:
 def env() -> dict[str, str]:
     env = dict(os.environ)
     env.update({MARKER: TOKEN, "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"})
+    # Every node, the server and the tests share a few cores: one OpenMP thread per process.
+    # torch's threads spin-wait for each other on oversubscribed cores (a 100-step round of the
+    # embedded model took 134 s with torch's default of a thread per core, at load 9 on 2 cores).
+    env["OMP_NUM_THREADS"] = "1"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
