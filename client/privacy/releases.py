@@ -62,6 +62,9 @@ TABLE: dict[tuple[str, str], dict[PrivacyMode, str]] = {
     (p.ADAPTER, p.ALPHA): {m: "the node's LoRA alpha (node config)" for m in MODES},
     (p.ADAPTER, p.NODE_NAME): {m: "the node's name (node config)" for m in MODES},
     (p.ADAPTER, p.GLOBAL_FINGERPRINT): {m: "echo of the instruction's value" for m in MODES},
+    (p.ADAPTER, p.QUANTIZATION): {
+        m: "how the node held its base model: none, nf4 or int8 (node setting)" for m in MODES
+    },
     (p.PRIVACY, p.DP_MODE): {m: "the privacy mode" for m in MODES},
     (p.PRIVACY, p.DP_HISTORY): {
         "dp-sgd": "[σ, q, steps, …] of every release, once σ or q changed, from " + _LEDGER,
