@@ -188,7 +188,7 @@ def rss_figure(fed: Federation, *, rounds: int = 20) -> Figure:
 
 
 def run(
-    *, out: Path, smollm_dir: Path | None, steps: int = 150, rss_rounds: int = 20
+    *, out: Path, smollm_dir: Path | None, steps: int = 100, rss_rounds: int = 20
 ) -> list[Figure]:
     """The deploy figures (module doc); ``smollm_dir`` None leaves the 135M shape out."""
     heavy = {"local-steps": steps, "batch-size": 8, "synth-eval-examples": 16, "min-nodes": 2}

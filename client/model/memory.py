@@ -12,12 +12,14 @@ Counted for a Llama-style decoder (``ModelShape``), by tensor:
   quantized modes (peft's ``prepare_model_for_kbit_training`` casts it up), at bf16 in bf16;
 - **LoRA**: ``r · (in + out)`` per targeted linear (peft's ``all-linear``: all seven per layer,
   never the LM head), fp32 weights, fp32 gradients and AdamW's two fp32 moments: 16 bytes each;
-- **activations** kept for the backward pass at ``batch`` sequences of ``length`` tokens, in the
-  compute dtype (fp32 in fp32, else bf16): per layer and token the attention block keeps its
+- **activations** kept for the backward pass at ``batch`` sequences of ``length`` tokens, in
+  bf16 in bf16 and in fp32 otherwise — also in the quantized modes: the QLoRA preparation keeps
+  the embeddings in fp32, so the residual stream and each 4-/8-bit layer's output (cast back to
+  its input's dtype by bitsandbytes) are fp32: per layer and token the attention block keeps its
   input, the normed input, q, k, v, q and k after RoPE and the attention output
   (``5h + 3·kv``), the MLP block its input, the normed input, gate, up, act(gate) and their
   product (``2h + 4i``) — attention through SDPA's fused kernels (no ``s × s`` scores, as on
-  CUDA); the logits once in the compute dtype and twice in fp32 (the upcast and the log-softmax
+  CUDA); the logits once in that dtype and twice in fp32 (the upcast and the log-softmax
   the loss keeps). With gradient checkpointing only each layer's input is kept, plus one layer's
   activations during its recomputation.
 """
@@ -147,7 +149,7 @@ def activation_bytes(
     shape: ModelShape, *, batch: int, length: int, mode: str, checkpointing: bool = False
 ) -> int:
     """Activations kept for the backward pass of one step (see the module doc)."""
-    element = 4 if mode == "float32" else 2  # the compute dtype
+    element = 2 if mode == "bfloat16" else 4  # quantized: the residual stream is fp32 (module doc)
     tokens = batch * length
     h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
     per_layer = tokens * (5 * h + 3 * kv + 2 * h + 4 * i) * element
