@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import shutil
 import statistics
@@ -187,29 +188,56 @@ def rss_figure(fed: Federation, *, rounds: int = 20) -> Figure:
                   ratios[worst], "", "<= 1.05", detail)  # fmt: skip
 
 
+PARTS = ("heavy", "rss", "135m")
+
+
 def run(
-    *, out: Path, smollm_dir: Path | None, steps: int = 100, rss_rounds: int = 20
-) -> list[Figure]:
-    """The deploy figures (module doc); ``smollm_dir`` None leaves the 135M shape out."""
-    heavy = {"local-steps": steps, "batch-size": 8, "synth-eval-examples": 16, "min-nodes": 2}
-    figures = []
+    *, out: Path, smollm_dir: Path | None, steps: int = 100, rss_rounds: int = 20,
+    parts: tuple[str, ...] = PARTS,
+) -> list[Figure]:  # fmt: skip
+    """The deploy figures (module doc), each printed as soon as it is measured; ``smollm_dir``
+    None leaves the 135M shape out. A part whose run fails is reported, not fatal."""
+    figures: list[Figure] = []
     with deployment(out / "deploy") as fed:
+        for part in parts:
+            try:
+                found = _part(part, fed, out=out, smollm_dir=smollm_dir, steps=steps,
+                              rss_rounds=rss_rounds)  # fmt: skip
+            except (RuntimeError, AssertionError) as err:
+                reason = str(err).strip().splitlines()[-1][:200]
+                found = [Figure("deploy", f"{part}: not measured", math.nan, "", "",
+                                f"the run failed: {reason}")]  # fmt: skip
+            for figure in found:
+                print(f"[bench] {figure.name}: {figure.value:.3g} ({figure.detail})", flush=True)
+            figures += found
+    return figures
+
+
+def _part(
+    part: str, fed: Federation, *, out: Path, smollm_dir: Path | None, steps: int,
+    rss_rounds: int,
+) -> list[Figure]:  # fmt: skip
+    if part == "heavy":
+        heavy = {"local-steps": steps, "batch-size": 8, "synth-eval-examples": 16, "min-nodes": 2}
         deployed, lines = _deployed(fed, 3, heavy)
         simulated = _simulated(fed, 3, heavy, out / "deploy-simulate")
-        figures.append(_overhead_figure("embedded", lines))
         trained = statistics.mean(s["train"] for r, k, _, s in lines if k == "train" and r >= 1)
-        figures.append(Figure(
-            "deploy", "embedded: deployed / simulate seconds per round", deployed / simulated,
-            "×", "<= 1.5",
-            f"{deployed:.1f} vs {simulated:.1f} s per round, {trained:.1f} s training per node; "
-            f"Flower's polling floor: SuperNode and ServerApp each poll every {POLL_FLOOR_S:.0f} "
-            "s, for train and evaluate (≈ 6 s a round on average, up to 12)",
-        ))  # fmt: skip
-        if rss_rounds:
-            figures.append(rss_figure(fed, rounds=rss_rounds))
-        if smollm_dir is not None:
-            small = {"base-model": str(smollm_dir), "local-steps": 4, "batch-size": 2,
-                     "max-length": 64, "synth-eval-examples": 16, "min-nodes": 2}  # fmt: skip
-            _, lines = _deployed(fed, 3, small)
-            figures.append(_overhead_figure("135M shape", lines, "<= 0.10"))
-    return figures
+        return [
+            _overhead_figure("embedded", lines),
+            Figure(
+                "deploy", "embedded: deployed / simulate seconds per round", deployed / simulated,
+                "×", "<= 1.5",
+                f"{deployed:.1f} vs {simulated:.1f} s per round, {trained:.1f} s training per "
+                f"node; Flower's polling floor: SuperNode and ServerApp each poll every "
+                f"{POLL_FLOOR_S:.0f} s, for train and evaluate (≈ 6 s a round on average, up "
+                "to 12)",
+            ),
+        ]  # fmt: skip
+    if part == "rss":
+        return [rss_figure(fed, rounds=rss_rounds)] if rss_rounds else []
+    if part == "135m" and smollm_dir is not None:
+        small = {"base-model": str(smollm_dir), "local-steps": 4, "batch-size": 2,
+                 "max-length": 64, "synth-eval-examples": 16, "min-nodes": 2}  # fmt: skip
+        _, lines = _deployed(fed, 3, small)
+        return [_overhead_figure("135M shape", lines, "<= 0.10")]
+    return []
