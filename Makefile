@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export FLWR_TELEMETRY_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo flower-demo test test-all bench lint format protos clean
+.PHONY: install demo flower-demo test test-all bench bench-deploy lint format protos clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ test-all: $(STAMP)
 # runs/bench/ (docs/performance.md).
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# The deploy section alone (bench/deploy.py): a real loopback deployment, ~15 min on 2 busy cores.
+bench-deploy: $(STAMP)
+	$(PY) -m bench.run --only deploy
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

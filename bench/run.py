@@ -5,7 +5,8 @@ Every figure is a ratio of two routes measured side by side in this run; the goa
 issue sets one, stands beside it. On 2 CPU cores the whole suite takes about 7 minutes when the
 machine is otherwise idle (aggregation at 100 nodes, the 135M-shape node and bf16 on a CPU
 without bf16 units dominate); ``--full`` adds FLoRA and FlexLoRA
-at 1000 nodes (another ~20 minutes).
+at 1000 nodes (another ~20 minutes). ``--deploy`` (``make bench-deploy``: that section alone) adds
+the deploy section: a real loopback deployment, 2 nodes (bench/deploy.py, ~15 minutes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import aggregation, node, precision, wire
+from bench import aggregation, deploy, node, precision, wire
 from bench.common import Figure, smollm_shape_model
 from bench.dp import _step_times
 from bench.recompress import _dense, _measure
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--full", action="store_true", help="FLoRA/FlexLoRA at 1000 nodes too")
     parser.add_argument("--agg-modules", type=int, default=2, help="7B q/v modules (of 64)")
+    parser.add_argument("--deploy", action="store_true", help="the deploy section too (long)")
     parser.add_argument("--only", default="", help="comma-separated sections to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,8 +100,10 @@ def main() -> None:
         "precision": lambda: precision.run(smollm_dir=smollm, steps=3, threads=args.threads),
         "dp": dp_figures,
         "recompress": recompress_figures,
+        "deploy": lambda: deploy.run(out=args.out, smollm_dir=smollm),
     }
-    chosen = [s for s in args.only.split(",") if s] or list(sections)
+    default = [s for s in sections if s != "deploy" or args.deploy]
+    chosen = [s for s in args.only.split(",") if s] or default
     figures: list[Figure] = []
     seconds: dict[str, float] = {}
     for name in chosen:

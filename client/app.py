@@ -103,6 +103,8 @@ def _prepare(msg: Message, context: Context, *, merge: bool = True) -> _Job:
         device=device,
         dtype=pick_dtype(settings.dtype, device),
         gradient_checkpointing=settings.gradient_checkpointing,
+        quantization=settings.quantization,
+        spread=settings.device == "auto",
     )
     if merge:  # node-mode `continue` trains the global factors instead (client/model/node_mode.py)
         base_cache.apply_global(model, p.from_record(content.array_records[p.ARRAYS]))
@@ -182,6 +184,7 @@ def _train_reply(
         # which global adapter this reply was trained on
         p.GLOBAL_FINGERPRINT: str(instruction.get(p.GLOBAL_FINGERPRINT, "")),
         **layout,
+        p.QUANTIZATION: settings.quantization,
     }
     return RecordDict(
         {

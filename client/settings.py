@@ -5,6 +5,7 @@ Torch-free: the ClientApp and the node CLI both build these before anything heav
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from common.config import DEFAULT_RUN_CONFIG, Config, ConfigReader, SettingsErro
 DEVICES = ("auto", "cpu", "cuda")
 # node setting `dtype` (client/model/loading.py)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# node setting `quantization`: the base model through bitsandbytes (client/model/quantization.py)
+QUANTIZATIONS = ("none", "nf4", "int8")
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,36 @@ class NodeSettings:
     seed: int
     dtype: str = "auto"  # auto: bf16 on CUDA where supported, else fp32
     gradient_checkpointing: bool = False
+    quantization: str = "none"  # nf4 / int8: QLoRA on a CUDA GPU with bitsandbytes
 
     @property
     def scaling(self) -> float:
         return self.lora_alpha / self.lora_rank
+
+
+def bitsandbytes_installed() -> bool:
+    """bitsandbytes is importable (the optional extra ``fedlora[gpu]``); nothing is imported."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def quantization_problem(
+    quantization: str, *, device: str, cuda_available: bool | None, installed: bool
+) -> str | None:
+    """Why node setting ``quantization`` cannot run here — one line naming the value and the
+    fix — or None. ``cuda_available`` None: not known (``node start`` imports no torch)."""
+    if quantization == "none":
+        return None
+    if quantization not in QUANTIZATIONS:
+        return f"`quantization` is {quantization!r}: use one of {', '.join(QUANTIZATIONS)}"
+    if cuda_available is False or device == "cpu":
+        where = "CUDA is not available" if cuda_available is False else "`device` is 'cpu'"
+        return (f"`quantization` is {quantization!r} but {where}: bitsandbytes quantizes on a "
+                "CUDA GPU only; set quantization=none, or run the node on a CUDA GPU "
+                "(device auto or cuda)")  # fmt: skip
+    if not installed:
+        return (f"`quantization` is {quantization!r} but bitsandbytes is not installed: "
+                "pip install 'fedlora[gpu]' on the node, or set quantization=none")  # fmt: skip
+    return None
 
 
 def parse_ranks(text: str, *, field: str = "lora-ranks") -> tuple[int, ...]:
@@ -77,6 +106,10 @@ def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
         node.problem("device", device, f"use one of {', '.join(DEVICES)} or cuda:N")
     dtype = node.choice("dtype", DTYPES, default="auto")
     checkpointing = node.get("gradient-checkpointing", bool, default=False)
+    quantization = node.choice("quantization", QUANTIZATIONS, default="none")
+    late = quantization_problem(quantization, device=device, cuda_available=None, installed=True)
+    if quantization in QUANTIZATIONS and late:  # CUDA and the package are checked at load time
+        node.problems.append(late)
     train_n = run.optional("synth-train-examples", int)
     eval_n = run.optional("synth-eval-examples", int)
     seed = run.optional("seed", int)
@@ -96,6 +129,7 @@ def node_settings(node_config: Config, run_config: Config) -> NodeSettings:
         seed=seed,
         dtype=dtype,
         gradient_checkpointing=checkpointing,
+        quantization=quantization,
     )
 
 

@@ -55,6 +55,9 @@ LAYOUT = "layout"
 MODULES = "modules"
 MODULES_DIGEST = "modules-digest"
 RAW_STYPE = "raw-float32-le"
+# How the node held its base model (node setting `quantization`: none, nf4, int8), in the train
+# reply's `adapter` record, so metrics.jsonl records which node trained on what.
+QUANTIZATION = "quantization"
 # The global adapter's fingerprint: in each train instruction's `config`, echoed in the reply's
 # `adapter` record, so a reply computed from another round's or run's adapter is refused.
 GLOBAL_FINGERPRINT = "global-fingerprint"

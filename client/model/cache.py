@@ -16,7 +16,10 @@ for a folder, its files' sizes and times), the device and the dtype. The cache o
 In bf16/fp16 the global update is not merged: ``B_g·A_g`` is far below the weights' rounding step
 and merging would lose much of it. Each targeted layer instead gets a forward hook adding
 ``(x A_gᵀ) B_gᵀ`` in fp32 to its output — what peft computes for an unmerged fp32 adapter — beside
-the node's trainable LoRA, whose factors stay fp32 (peft's ``autocast_adapter_dtype``).
+the node's trainable LoRA, whose factors stay fp32 (peft's ``autocast_adapter_dtype``). The same
+holds for a quantized base model (node setting ``quantization``, client/model/quantization.py):
+its 4-/8-bit weights are never merged into, whatever the compute dtype; and for a model spread
+over several GPUs, where a merge's saved copies of the weights would not fit.
 ``FEDLORA_BASE_CACHE=0`` turns the cache off (a fresh load per message, as before).
 """
 
@@ -44,6 +47,7 @@ from client.model.loading import (
     resolve_model_path,
     uses_conv1d,
 )
+from client.model.quantization import is_quantized
 from strategies.math.factors import A_SUFFIX, B_SUFFIX
 
 ENV_SWITCH = "FEDLORA_BASE_CACHE"
@@ -57,6 +61,8 @@ class BaseKey:
     stamp: tuple[tuple[str, int, int], ...]  # (file, size, mtime_ns) of a model folder
     device: str
     dtype: str
+    quantization: str = "none"
+    spread: bool = False  # device `auto`: may be spread over several GPUs
 
 
 @dataclass
@@ -77,14 +83,22 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1") != "0"
 
 
-def base_key(base_model: str, *, device: torch.device, dtype: torch.dtype) -> BaseKey:
+def base_key(
+    base_model: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: str = "none",
+    spread: bool = False,
+) -> BaseKey:
     path = resolve_model_path(base_model)
     folder = Path(path)
     stamp: tuple[tuple[str, int, int], ...] = ()
     if folder.is_dir():
         stats = ((f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file())
         stamp = tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
-    return BaseKey(path, stamp, str(device), str(dtype).removeprefix("torch."))
+    dtype_name = str(dtype).removeprefix("torch.")
+    return BaseKey(path, stamp, str(device), dtype_name, quantization, spread)
 
 
 def _leases() -> list[_Entry]:
@@ -95,18 +109,27 @@ def _leases() -> list[_Entry]:
 
 
 def checkout(
-    base_model: str, *, device: torch.device, dtype: torch.dtype, gradient_checkpointing: bool
+    base_model: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    gradient_checkpointing: bool,
+    quantization: str = "none",
+    spread: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base model for this message: the cached one if its key matches, else a fresh load.
+    """The base model for this message: the cached one if its key matches, else a fresh load
+    (``quantization`` and ``spread``: see ``client.model.loading.load_base``).
 
     Call :func:`release` when the message ends (the ClientApp does, whatever happens).
     """
-    key = base_key(base_model, device=device, dtype=dtype)
+    key = base_key(base_model, device=device, dtype=dtype, quantization=quantization,
+                   spread=spread)  # fmt: skip
     with _lock:
         entry = _idle.pop(key, None) if enabled() else None
     if entry is None:
         with phases.phase("load"):
-            model, tokenizer = load_base(base_model, device=device, dtype=dtype)
+            model, tokenizer = load_base(base_model, device=device, dtype=dtype,
+                                         quantization=quantization, spread=spread)  # fmt: skip
         entry = _Entry(key, model, tokenizer)
     if gradient_checkpointing:
         _set_checkpointing(entry.model, enabled=True)
@@ -134,7 +157,7 @@ def _apply_global(
     pairs: dict[str, dict[str, NDArray[np.floating]]] = {}
     for key, value in arrays.items():
         pairs.setdefault(module_name(key), {})[key] = value
-    exact = next(model.parameters()).dtype == torch.float32
+    exact = next(model.parameters()).dtype == torch.float32 and not _beside(model)
     rank = max((int(v.shape[0]) for k, v in arrays.items() if k.endswith(A_SUFFIX)), default=0)
     conv1d = uses_conv1d(model)
     for name, factors in sorted(pairs.items()):
@@ -147,6 +170,13 @@ def _apply_global(
             _merge(entry, name, layer, padded_state_dict(factors, rank), conv1d=conv1d)
         else:
             entry.hooks.append(_add_hook(layer, factors))
+
+
+def _beside(model: PreTrainedModel) -> bool:
+    """Keep the global adapter beside the weights even in fp32: quantized weights are never
+    merged into, and a model spread over GPUs has no room for the copies a merge keeps."""
+    devices = set(getattr(model, "hf_device_map", {}).values())
+    return is_quantized(model) or len(devices) > 1
 
 
 def _factor(factors: Mapping[str, Any], suffix: str) -> Any:
@@ -243,7 +273,7 @@ def _restore(entry: _Entry) -> None:
         _set_checkpointing(model, enabled=False)
     if getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"):
         model.disable_input_require_grads()  # type: ignore[no-untyped-call]  # peft's hook
-    model.requires_grad_(True)
+    model.requires_grad_(not is_quantized(model))  # as loaded (a quantized one: as prepared)
     model.zero_grad(set_to_none=True)
     model.train(False)
     if any(isinstance(m, BaseTunerLayer) for m in model.modules()):

@@ -30,6 +30,8 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
 
+from client.model import placement
+from client.model.quantization import bnb_config, check_runtime, compute_dtype, prepare
 from strategies.math.factors import A_SUFFIX, B_SUFFIX
 
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -94,17 +96,44 @@ def pick_device(setting: str) -> torch.device:
 
 
 def load_base(
-    base_model: str, *, device: torch.device, dtype: torch.dtype = torch.float32
+    base_model: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    quantization: str = "none",
+    spread: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM (in ``dtype``) and its tokenizer with ``from_pretrained`` (local folder
-    or hub id)."""
+    or hub id).
+
+    ``quantization`` ``nf4``/``int8``: through bitsandbytes, prepared for QLoRA
+    (client/model/quantization.py; refused where it cannot run). ``spread``: the node's device is
+    ``auto``, so a model too large for one of several GPUs is spread over them
+    (client/model/placement.py).
+    """
+    check_runtime(quantization, device)  # before anything is read
     path = resolve_model_path(base_model)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=offline)
-    model.to(device)  # type: ignore[arg-type]  # before peft wrapping (opacus#820)
+    kwargs: dict[str, Any] = {}
+    quantized = bnb_config(quantization, compute_dtype=compute_dtype(quantization, dtype))
+    if quantized is not None:
+        kwargs["quantization_config"] = quantized
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        kwargs["device_map"] = {"": index}  # bitsandbytes quantizes while placing on the GPU
+    if spread and device.type == "cuda":
+        where = placement.plan(path, dtype=dtype, quantization=quantization, offline=offline)
+        if where.max_memory is not None:
+            kwargs["device_map"], kwargs["max_memory"] = "auto", dict(where.max_memory)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=compute_dtype(quantization, dtype), local_files_only=offline, **kwargs
+    )
+    if "device_map" not in kwargs:
+        model.to(device)  # type: ignore[arg-type]  # before peft wrapping (opacus#820)
+    if quantized is not None:
+        model = prepare(model)
     model.config.use_cache = False
     return model, tokenizer
 

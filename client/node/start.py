@@ -29,6 +29,7 @@ from client.node.enroll import split_address
 from client.node.folder import NodeDir, NodeInfo, check_key_pair
 from client.privacy.settings import KEYS as PRIVACY_KEYS
 from client.privacy.settings import node_privacy
+from client.settings import bitsandbytes_installed, node_settings, quantization_problem
 from common.config import ConfigValue, SettingsError
 from common.daemon import StopRequested, bin_dir, daemon_env, raise_on_signals, spawn, stop
 
@@ -93,18 +94,32 @@ def free_port() -> int:
 
 
 # What a node admin may set at `node start --config`: the node's own privacy policy (it may only
-# tighten the run's), local tuning and `personal` (a private LoRA in the state folder,
+# tighten the run's), local tuning, how the base model is held (`dtype`, `quantization`,
+# `gradient-checkpointing`) and `personal` (a private LoRA in the state folder,
 # client/model/personal.py). Data, name, rank, device and state folder have flags.
-NODE_CONFIG_KEYS = (*PRIVACY_KEYS, "lora-alpha", "num-threads", "personal")
+MODEL_KEYS = ("dtype", "quantization", "gradient-checkpointing")
+NODE_CONFIG_KEYS = (*PRIVACY_KEYS, "lora-alpha", "num-threads", "personal", *MODEL_KEYS)
 
 
-def check_node_overrides(overrides: Mapping[str, ConfigValue]) -> None:
+def check_node_overrides(overrides: Mapping[str, ConfigValue], *, device: str = "auto") -> None:
     """Known keys, values the ClientApp will accept; raise naming every problem."""
     unknown = sorted(set(overrides) - set(NODE_CONFIG_KEYS))
     if unknown:
         raise SettingsError([f"`--config` key(s) {unknown} are not node settings: use "
                              f"{', '.join(NODE_CONFIG_KEYS)}"])  # fmt: skip
     node_privacy(overrides, {})  # types, ranges and impossible combinations, before connecting
+    model = {k: v for k, v in overrides.items() if k in MODEL_KEYS}
+    node_settings({"partition-id": 0, "device": device, **model}, {})  # values and combinations
+
+
+def check_quantization_runs(overrides: Mapping[str, ConfigValue], *, device: str) -> None:
+    """Refuse ``quantization`` here already where bitsandbytes is not installed (whether CUDA is
+    present the worker checks when it loads the model: this process imports no torch)."""
+    quantization = str(overrides.get("quantization", "none"))
+    problem = quantization_problem(quantization, device=device, cuda_available=None,
+                                   installed=bitsandbytes_installed())  # fmt: skip
+    if problem:
+        raise SettingsError([problem])
 
 
 def node_config(
@@ -163,7 +178,8 @@ def start(
     check_key_pair(node)
     warning = check_federation(node, info)
     check_data(data)
-    check_node_overrides(overrides or {})
+    check_node_overrides(overrides or {}, device=device)
+    check_quantization_runs(overrides or {}, device=device)
     if rank is not None and rank < 1:
         raise ValueError(f"`--rank` is {rank}: use an integer >= 1")
     if info.insecure:

@@ -70,6 +70,9 @@ TABLE: dict[tuple[str, str], dict[PrivacyMode, str]] = {
     (p.ADAPTER, p.MODULES_DIGEST): {
         m: "echo of the instruction's value, when the node's modules are those" for m in MODES
     },
+    (p.ADAPTER, p.QUANTIZATION): {
+        m: "how the node held its base model: none, nf4 or int8 (node setting)" for m in MODES
+    },
     (p.PRIVACY, p.DP_MODE): {m: "the privacy mode" for m in MODES},
     (p.PRIVACY, p.DP_HISTORY): {
         "dp-sgd": "[σ, q, steps, …] of every release, once σ or q changed, from " + _LEDGER,

@@ -35,7 +35,7 @@ from strategies.flower.replies import (
     parse_train_replies,
     screen_updates,
 )
-from strategies.flower.report import RoundReport
+from strategies.flower.report import RoundReport, record_setup
 from strategies.flower.rounds import NotEnoughNodesError as NotEnoughNodesError  # re-exported
 from strategies.flower.rounds import (
     RoundFailedError,
@@ -261,6 +261,7 @@ class LoraStrategy(Strategy):
             log(INFO, "round %d: reply from %s not used: %s", server_round, entry.name,
                 bad.reason)  # fmt: skip
         record_privacy(report, kept, self._label)  # ε is spent whether or not a reply is used
+        record_setup(report, kept, self._label)
         return parsed
 
     def expected_modules(self) -> Shapes:

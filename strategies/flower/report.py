@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from flwr.app import Message
+
+from strategies import protocol as p
+
+QUANTIZATIONS = ("none", "nf4", "int8")  # what a node may report (client/settings.py)
 
 
 @dataclass
@@ -16,6 +23,7 @@ class NodeRound:
     bytes_up: int = 0
     bytes_down: int = 0
     rejected: str | None = None
+    quantization: str | None = None  # how the node held its base model, as it reported it
     # The node's privacy ledger as it reported it (strategies/flower/privacy_report.py):
     # cumulative ε per record and (where the data set has one) per institution at δ, this
     # round's σ and q, steps so far, and the (σ, q, steps) history once σ or q changed.
@@ -70,3 +78,19 @@ class RoundReport:
             **self.extra,
             "nodes": nodes,
         }
+
+
+def record_setup(
+    report: RoundReport, replies: Iterable[Message], label: Callable[[int, str], str]
+) -> None:
+    """Copy how each node held its base model (its train reply's `quantization`) into its entry
+    of ``report``; a value the node may not send is not recorded."""
+    for msg in replies:
+        if msg.has_error() or not msg.has_content():
+            continue
+        adapter = msg.content.config_records.get(p.ADAPTER)
+        value = adapter.get(p.QUANTIZATION) if adapter is not None else None
+        if value in QUANTIZATIONS:
+            name = str(adapter.get(p.NODE_NAME, "")) if adapter is not None else ""
+            entry = report.node(msg.metadata.src_node_id, label(msg.metadata.src_node_id, name))
+            entry.quantization = str(value)

@@ -1,0 +1,32 @@
+"""The deploy bench's reading of the node log's record lines (bench/deploy.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.deploy import message_lines, overhead, per_round
+
+LOG = """INFO :      Received successfully
+[fedlora] round 0 evaluate: 1.64 s (load 0.23, apply 0.00, eval 1.41, other 0.00)
+[fedlora] round 1 train: 9.18 s (load 0.00, apply 0.05, train 9.00, other 0.13)
+[fedlora] round 1 evaluate: 0.80 s (load 0.00, apply 0.06, eval 0.70, other 0.04)
+[fedlora] round 2 train: 3.00 s (load 0.00, apply 0.00, other 3.00) (error reply)
+"""
+
+
+def test_record_lines_are_read_with_their_phases() -> None:
+    lines = message_lines(LOG)
+    assert [(r, k) for r, k, _, _ in lines] == [(0, "evaluate"), (1, "train"), (1, "evaluate"),
+                                                (2, "train")]  # fmt: skip
+    assert lines[1][3] == {"load": 0.0, "apply": 0.05, "train": 9.0, "other": 0.13}
+
+
+def test_overhead_leaves_out_training_scoring_and_round_0() -> None:
+    spent, trained = overhead(message_lines(LOG))
+    assert trained == pytest.approx(9.0)
+    assert spent == pytest.approx(0.18 + 0.10 + 3.0)  # the failed message is all overhead
+
+
+def test_seconds_per_round_from_elapsed() -> None:
+    records = [{"elapsed_s": 5.0}, {"elapsed_s": 15.0}, {"elapsed_s": 20.0}, {"elapsed_s": 35.0}]
+    assert per_round(records) == pytest.approx(10.0)
