@@ -45,6 +45,7 @@ class NodeRecord:
     fingerprint: str
     enrolled_at: float
     status: str
+    revoked_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,22 @@ class Registry:
 
     def node(self, name: str) -> NodeRecord | None:
         return next((n for n in self.nodes() if n.name == name), None)
+
+    def node_by_key(self, public_key: str) -> NodeRecord | None:
+        """The record of the OpenSSH key ``public_key`` (type and blob): its enrolled name if
+        it has one, else its latest revoked one; None when it was never enrolled."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT name, node_id, fingerprint, enrolled_at, status, revoked_at FROM nodes "
+                "WHERE public_key = ? ORDER BY status = ? DESC, revoked_at DESC LIMIT 1",
+                (public_key, ENROLLED),
+            ).fetchone()
+        if row is None:
+            return None
+        revoked_at = None if row[5] is None else float(row[5])
+        return NodeRecord(
+            str(row[0]), int(row[1]), str(row[2]), float(row[3]), str(row[4]), revoked_at
+        )
 
     def mark_revoked(self, name: str) -> int:
         """Mark ``name`` revoked and cancel its unused invitations in the same transaction (an
