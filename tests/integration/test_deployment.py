@@ -139,6 +139,9 @@ def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federatio
         # The node's LoRA factors reached the server: in deployment, only via the Fleet API.
         assert last["nodes"][name]["bytes_up"] > 0  # type: ignore[index]
     print(f"2-node, 2-round federation over TLS: {wall:.0f} s wall")
+    # Each reply's name was checked against the name its node's key was enrolled as.
+    settings = json.loads((Path(run_folder(done.stdout)) / "settings.json").read_text())
+    assert settings["enrolled_nodes"] == str((federation.fed / "enrolled-nodes.json").resolve())
 
     # The SuperLink's state survives a restart: enrolled nodes reconnect without rejoining.
     federation.daemons.stop("server")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protos.tokens import check_node_name, secret_hash, secret_matches
+from server.run.identities import ENROLLED_NODES_FILE, write_enrolled_nodes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invitations (
@@ -67,6 +68,17 @@ class Registry:
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
         path.chmod(0o600)  # invitations, keys and the audit trail are the operator's alone
+        self.write_names()
+
+    @property
+    def names_path(self) -> Path:
+        """``enrolled-nodes.json`` beside the database: what the ServerApp checks names by."""
+        return self.path.parent / ENROLLED_NODES_FILE
+
+    def write_names(self) -> None:
+        """Rewrite the map ``Flower node id -> name`` of the enrolled, unrevoked nodes."""
+        names = {n.node_id: n.name for n in self.nodes() if n.status == ENROLLED}
+        write_enrolled_nodes(self.names_path, names)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -163,6 +175,7 @@ class Registry:
                 (name, str(node_id), fingerprint, public_key, now, ENROLLED),
             )
             conn.execute("COMMIT")
+        self.write_names()
         self.log(peer=peer, name=name, outcome="enrolled", reason=f"key {fingerprint}")
         return NodeRecord(name, node_id, fingerprint, now, ENROLLED)
 
@@ -237,6 +250,7 @@ class Registry:
                 "DELETE FROM invitations WHERE name = ? AND used_at IS NULL", (name,)
             ).rowcount
             conn.execute("COMMIT")
+        self.write_names()
         self.log(peer="operator", name=name, outcome="revoked", reason=f"{cancelled} cancelled")
         return int(cancelled)
 
