@@ -246,6 +246,8 @@ def screen_updates(
     reasons = [screen(u, updates) for u in updates]
     refused = [Rejected(u.node_id, u.name, r) for u, r in zip(updates, reasons, strict=True) if r]
     usable = [u for u, r in zip(updates, reasons, strict=True) if not r]
+    if not max_norm_ratio:  # off: no norms to compute
+        return usable, refused
     norms = [v.update_norm(u.factors) for u in usable]
     outliers = v.norm_outliers(norms, ratio=max_norm_ratio)
     refused += [Rejected(u.node_id, u.name, r) for u, r in zip(usable, outliers, strict=True) if r]
