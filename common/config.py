@@ -58,6 +58,7 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "min-replies": 1,
     "max-round-retries": 2,
     "resume-from": "",
+    "enrolled-nodes": "",
 }
 
 

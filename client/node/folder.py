@@ -4,7 +4,7 @@
 NODE/
   node.key, node.pub   the node's EC P-384 key pair (OpenSSH; node.key 0600, never leaves)
   ca.pem               the federation's CA, pinned by the token at join
-  node.json            name, SuperLink address, CA pin, when it joined
+  node.json            name, SuperLink and enrollment addresses, CA pin, when it joined
   state/               the node's own state across runs (privacy ledger)
   flower/              Flower's home for the SuperNode (installed app bundles)
 ```
@@ -32,6 +32,7 @@ class NodeInfo:
     ca_pin: str
     joined_at: str
     insecure: bool = False
+    enrollment: str = ""  # the enrollment service's host:port ("" in folders joined before it)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ def join(token_text: str, root: Path, *, insecure: bool = False) -> NodeInfo:
         ca_pin=token.ca_pin,
         joined_at=datetime.now(UTC).isoformat(timespec="seconds"),
         insecure=insecure,
+        enrollment=token.address,
     )
     write_json_atomic(node.info_path, asdict(info))
     node.state.mkdir(exist_ok=True)

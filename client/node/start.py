@@ -27,6 +27,7 @@ from client.data.records import read_jsonl
 from client.data.synth import EVAL_FILE, TRAIN_FILE
 from client.node.enroll import split_address
 from client.node.folder import NodeDir, NodeInfo, check_key_pair
+from client.node.status import ask_status, refusal
 from client.privacy.settings import KEYS as PRIVACY_KEYS
 from client.privacy.settings import node_privacy
 from client.settings import bitsandbytes_installed, node_settings, quantization_problem
@@ -191,11 +192,20 @@ def start(
     argv = supernode_argv(node, info, config=config, port=port)
     if warning:
         echo(f"[fedlora] {warning}")
+
+    def refused() -> str | None:  # the server's word on this key: revoked, unknown, or None
+        return refusal(ask_status(node, info), node, info)
+
+    reason = refused()
+    if reason is not None:
+        echo(f"[fedlora] error: {reason}")
+        return 1
     raise_on_signals()
     env = daemon_env({"FLWR_HOME": str(node.flower_home)})
     echo(f"[fedlora] node {info.name}: connecting to {info.superlink} (Ctrl-C to stop)")
     try:
-        return _supervise(argv, env, echo, worker=Worker(worker_argv(port), env, echo))
+        worker = Worker(worker_argv(port), env, echo)
+        return _supervise(argv, env, echo, worker=worker, refused=refused)
     except StopRequested as sig:
         echo(f"[fedlora] {sig}: stopping node {info.name}")
         return 0
@@ -243,32 +253,47 @@ class Worker:
             self.proc = None
 
 
+Refusal = Callable[[], str | None]  # why the server refuses this node's key, or None
+
+
 def _supervise(
-    argv: list[str], env: Mapping[str, str], echo: Callable[[str], None], *, worker: Worker
+    argv: list[str],
+    env: Mapping[str, str],
+    echo: Callable[[str], None],
+    *,
+    worker: Worker,
+    refused: Refusal,
 ) -> int:
     """Run the SuperNode and the node worker; start the SuperNode again while the SuperLink
     refuses to activate it, and the worker whenever it exits.
 
     After a node crashes, the SuperLink counts its old session as online until two heartbeat
     intervals (60 s) pass and refuses to activate the same key meanwhile (Flower exit code 305).
-    A revoked key is refused the same way, so the retries stop after ``ACTIVATION_RETRY_S``.
+    A revoked or unknown key is refused the same way: each refusal asks the enrollment service
+    (``refused``) and stops at once when it names the key; a server that cannot say gets
+    retries until ``ACTIVATION_RETRY_S``.
     """
     try:
-        return _run_supernode(argv, env, echo, worker=worker)
+        return _run_supernode(argv, env, echo, worker=worker, refused=refused)
     finally:
         worker.stop()
 
 
 def _run_supernode(
-    argv: list[str], env: Mapping[str, str], echo: Callable[[str], None], *, worker: Worker
+    argv: list[str],
+    env: Mapping[str, str],
+    echo: Callable[[str], None],
+    *,
+    worker: Worker,
+    refused: Refusal,
 ) -> int:
     refused_since: float | None = None
     while True:
-        refused = threading.Event()
+        refusing = threading.Event()
 
-        def watch(line: bytes, refused: threading.Event = refused) -> None:
+        def watch(line: bytes, refusing: threading.Event = refusing) -> None:
             if ACTIVATION_REFUSED in line:
-                refused.set()
+                refusing.set()
 
         proc = spawn(argv, env=env, watch=watch)
         try:
@@ -277,8 +302,12 @@ def _run_supernode(
                 time.sleep(0.5)
         finally:
             stop(proc)
-        if proc.returncode == 0 or not refused.wait(timeout=3.0):  # the relay may lag
+        if proc.returncode == 0 or not refusing.wait(timeout=3.0):  # the relay may lag
             break
+        reason = refused()
+        if reason is not None:
+            echo(f"[fedlora] error: {reason}")
+            return 1
         refused_since = refused_since or time.monotonic()
         if time.monotonic() - refused_since > ACTIVATION_RETRY_S:
             break

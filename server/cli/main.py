@@ -157,8 +157,8 @@ def _cmd_adapter_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_compare_command(sub: Any) -> None:
-    """``fedlora compare [--rounds N] [--out DIR] [--settings ...] [--quick]`` (argparse's
-    sub-parsers)."""
+    """``fedlora compare [--rounds N] [--out DIR] [--settings ...] [--quick] [--config K=V]``
+    (argparse's sub-parsers)."""
     cmd = sub.add_parser(
         "compare", help="every strategy, personalized, centralized and local-only LoRA"
     )
@@ -177,6 +177,13 @@ def add_compare_command(sub: Any) -> None:
         help="a small version (2 local steps, 16 records, 2-3 arms per setting)",
     )
     cmd.add_argument("--base-model", help="model folder or hub id (default: the embedded model)")
+    cmd.add_argument(
+        "--config",
+        type=parse_override,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a run-config key for every arm, e.g. --config max-norm-ratio=3 (repeatable)",
+    )
     cmd.set_defaults(func=_cmd_compare)
 
 
@@ -187,7 +194,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     arms = quick_arms(settings) if args.quick else default_arms(settings)
     rounds = args.rounds or (2 if args.quick else DEFAULT_ROUNDS)
-    extra = {"base-model": args.base_model} if args.base_model else {}
+    extra: dict[str, ConfigValue] = dict(args.config or [])
+    if args.base_model:
+        extra["base-model"] = args.base_model
     compare(rounds=rounds, out=args.out, arms=arms, quick=args.quick, extra=extra)
     return 0
 

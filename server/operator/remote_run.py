@@ -98,7 +98,12 @@ def submit(
     """Run one federation on the running server; 0 when it completed, 1 otherwise."""
     fed = FederationDir(root)
     config = fed.load()
-    run_config = {"run-dir": str(fed.runs.resolve()), **overrides}
+    run_config = {
+        "run-dir": str(fed.runs.resolve()),
+        **overrides,
+        # A reply must carry the name its node was enrolled as (server/run/identities.py).
+        "enrolled-nodes": str(fed.registry().names_path.resolve()),
+    }
     server_settings({**DEFAULT_RUN_CONFIG, **run_config})  # bad values stop here, all named
     write_connection(fed, config)
     argv = [

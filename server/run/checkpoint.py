@@ -34,7 +34,7 @@ FORMAT = "fedlora-checkpoint/1"
 # rounds compute. Every other run-config key must equal the checkpoint's.
 RESUMABLE_KEYS = frozenset(
     {"num-server-rounds", "resume-from", "run-dir", "node-wait-s", "round-timeout-s",
-     "max-round-retries", "server-eval-data"}
+     "max-round-retries", "server-eval-data", "enrolled-nodes"}
 )  # fmt: skip
 
 

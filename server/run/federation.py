@@ -12,6 +12,7 @@ from flwr.serverapp import Grid
 
 from server.run.checkpoint import base_model_identity
 from server.run.export import ADAPTER_DIR, export_adapter
+from server.run.identities import EnrolledNodes
 from server.run.modules import announced_modules
 from server.run.resume import Resumable, start_or_resume
 from server.run.runlog import RunLog
@@ -39,6 +40,7 @@ def build_strategy(settings: ServerSettings) -> LoraStrategy:
         limits=settings.limits,
         policy=settings.policy,
         modules=announced_modules(settings.base_model, settings.target_modules),
+        enrolled=EnrolledNodes(settings.enrolled_nodes) if settings.enrolled_nodes else None,
     )
 
 

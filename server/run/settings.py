@@ -37,6 +37,9 @@ class ServerSettings:
     policy: RoundPolicy = field(default_factory=RoundPolicy)
     # A run folder to continue from its checkpoint (server/run/checkpoint.py), or None.
     resume_from: Path | None = None
+    # Deployment: the operator's map of enrolled names (server/run/identities.py); None in
+    # simulation, where a reply's node name is taken as reported.
+    enrolled_nodes: Path | None = None
     # The whole run config (defaults filled in): what a checkpoint compares on resume.
     run_config: Mapping[str, ConfigValue] = field(default_factory=dict)
 
@@ -96,6 +99,13 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
             "give a JSONL file the server holds, or leave it empty"
         )
     limits, policy, resume_from = _reliability(r, timeout)
+    enrolled = r.get("enrolled-nodes", str, "the operator's enrolled-nodes.json or empty")
+    if enrolled and not Path(enrolled).is_file():
+        r.problems.append(
+            f"`enrolled-nodes` is {enrolled!r}, which is not a file: `fedlora run` sets it to "
+            "the federation's enrolled-nodes.json (written by `fedlora server start`); leave it "
+            "empty in simulation"
+        )
     privacy = r.build(run_privacy, run_config=r.config) or PrivacySettings()
     r.raise_problems()
     assert train is not None and federation is not None and aggregation is not None
@@ -117,6 +127,7 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         limits=limits,
         policy=policy,
         resume_from=resume_from,
+        enrolled_nodes=Path(enrolled).resolve() if enrolled else None,
         run_config=dict(r.config),
     )
 

@@ -27,6 +27,7 @@ from strategies import protocol as p
 from strategies.flower.privacy_report import record_privacy
 from strategies.flower.replies import (
     ClientUpdate,
+    EnrolledNames,
     Expectation,
     Parsed,
     Rejected,
@@ -70,8 +71,10 @@ class LoraStrategy(Strategy):
         limits: ReplyLimits | None = None,
         policy: RoundPolicy | None = None,
         modules: Shapes | None = None,
+        enrolled: EnrolledNames | None = None,
     ) -> None:
         self.federation = federation
+        self.enrolled = enrolled  # deployment: node id -> enrolled name (replies.identity_problem)
         self.options = options
         self.limits = limits or ReplyLimits()
         self.policy = policy or RoundPolicy()
@@ -243,6 +246,7 @@ class LoraStrategy(Strategy):
             limits=self.limits,
             modules=self.expected_modules(),
             fingerprint=self.global_fingerprint(server_round),
+            enrolled=self.enrolled,
         )
         valid = parse_train_replies(kept, expect)
         updates, screened = screen_updates(
@@ -291,7 +295,7 @@ class LoraStrategy(Strategy):
         report = self.report(server_round)
         results = []
         for msg in replies:
-            result = parse_eval_reply(msg, self.limits)
+            result = parse_eval_reply(msg, self.limits, self.enrolled)
             node = addressee(msg, self._sent_eval)  # the SuperLink's errors name no node
             entry = report.node(node, self._label(node, result.name))
             if isinstance(result, Rejected):
@@ -347,8 +351,11 @@ class LoraStrategy(Strategy):
         """A node's name as it last reported it (error replies carry none).
 
         Names key ``metrics.jsonl``, so each stays unique: a name another node holds is not taken
-        over, and the claimant is labelled by its id instead.
+        over, and the claimant is labelled by its id instead. In deployment a node is labelled
+        by the name it was enrolled as, whatever its reply says.
         """
+        if self.enrolled is not None:
+            name = self.enrolled(node_id) or ""
         name = name[:64]
         taken = {n for other, n in self._names.items() if other != node_id}
         if name and name not in taken:

@@ -18,6 +18,10 @@ from strategies.math.validation import ReplyLimits, Shapes
 
 H = TypeVar("H", bound=Hashable)
 
+# Deployment: Flower node id -> the name the operator enrolled that node's key as (None: not
+# enrolled by fedlora). Simulation has none: a reply's name is taken as it reports it.
+EnrolledNames = Callable[[int], str | None]
+
 
 @dataclass(frozen=True)
 class Rejected:
@@ -65,6 +69,25 @@ def _name(msg: Message) -> str:
     return ""
 
 
+def identity_problem(msg: Message, enrolled: EnrolledNames | None) -> Rejected | None:
+    """A reply whose node name is not the name its Flower node was enrolled as (deployment)."""
+    if enrolled is None:
+        return None
+    node, name = msg.metadata.src_node_id, _name(msg)
+    expected = enrolled(node)
+    if expected is None:
+        return Rejected(node, "", (
+            f"Flower node {node} is not enrolled with fedlora (its key was registered outside "
+            "`fedlora server invite`/`node join`, or it was revoked): its replies are not used"
+        ))  # fmt: skip
+    if name != expected:
+        return Rejected(node, expected, (
+            f"the reply names its node {name[:64]!r}, but Flower node {node} was enrolled as "
+            f"{expected!r}: a node may only report the name the operator invited it as"
+        ))  # fmt: skip
+    return None
+
+
 def _metric_problems(msg: Message, limits: ReplyLimits) -> list[str]:
     """Every metric record of a reply: few keys, few bytes, finite numbers."""
     problems = []
@@ -98,11 +121,13 @@ class Expectation:
     ``modules`` maps module -> (out, in): the announced module set, or the global adapter's; empty
     means "not known yet" and the largest group of replies with one signature wins.
     ``fingerprint`` is the global adapter's, sent with the instruction; None: not checked.
+    ``enrolled``: in deployment, the enrolled name of each Flower node (:func:`identity_problem`).
     """
 
     limits: ReplyLimits = field(default_factory=ReplyLimits)
     modules: Shapes = field(default_factory=dict)
     fingerprint: str | None = None
+    enrolled: EnrolledNames | None = None
 
 
 def parse_train_reply(msg: Message, expect: Expectation | None = None) -> ClientUpdate | Rejected:
@@ -111,6 +136,9 @@ def parse_train_reply(msg: Message, expect: Expectation | None = None) -> Client
     node, name = msg.metadata.src_node_id, _name(msg)
     if msg.has_error():
         return Rejected(node, name, f"node error {msg.error.code}: {msg.error.reason}")
+    impostor = identity_problem(msg, expect.enrolled)
+    if impostor is not None:
+        return impostor
     content = msg.content
     if p.ARRAYS not in content.array_records or p.ADAPTER not in content.config_records:
         return Rejected(node, name, f"reply lacks `{p.ARRAYS}` or `{p.ADAPTER}` records")
@@ -261,19 +289,27 @@ def screen_updates(
     reasons = [screen(u, updates) for u in updates]
     refused = [Rejected(u.node_id, u.name, r) for u, r in zip(updates, reasons, strict=True) if r]
     usable = [u for u, r in zip(updates, reasons, strict=True) if not r]
+    if not max_norm_ratio:  # off: no norms to compute
+        return usable, refused
     norms = [v.update_norm(u.factors) for u in usable]
     outliers = v.norm_outliers(norms, ratio=max_norm_ratio)
     refused += [Rejected(u.node_id, u.name, r) for u, r in zip(usable, outliers, strict=True) if r]
     return [u for u, r in zip(usable, outliers, strict=True) if not r], refused
 
 
-def parse_eval_reply(msg: Message, limits: ReplyLimits | None = None) -> EvalResult | Rejected:
-    """Validate one evaluation reply like a train reply: bounded, finite metric records, a
-    cross-entropy ``eval-loss`` and a ``num-examples`` within `max-examples`."""
+def parse_eval_reply(
+    msg: Message, limits: ReplyLimits | None = None, enrolled: EnrolledNames | None = None
+) -> EvalResult | Rejected:
+    """Validate one evaluation reply like a train reply: its node's enrolled name (deployment),
+    bounded, finite metric records, a cross-entropy ``eval-loss`` and a ``num-examples`` within
+    `max-examples`."""
     limits = limits or ReplyLimits()
     node, name = msg.metadata.src_node_id, _name(msg)
     if msg.has_error():
         return Rejected(node, name, f"node error {msg.error.code}: {msg.error.reason}")
+    impostor = identity_problem(msg, enrolled)
+    if impostor is not None:
+        return impostor
     metrics = msg.content.metric_records.get(p.METRICS)
     if metrics is None:
         return Rejected(node, name, f"reply lacks its `{p.METRICS}` record")

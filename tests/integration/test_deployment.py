@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from client.node.folder import NodeDir, generate_key
 from server.operator.pki import create_pki
 from tests.deploy_harness import (
     RUN_TIMEOUT_S,
@@ -88,8 +89,6 @@ def test_wrong_ca_pin_is_refused(federation: Federation, tmp_path: Path) -> None
 
 
 def test_unregistered_key_cannot_take_part(federation: Federation, tmp_path: Path) -> None:
-    from client.node.folder import NodeDir, generate_key
-
     tmp_path.mkdir(exist_ok=True)
     generate_key(NodeDir(tmp_path))  # a well-formed key the federation never registered
     fleet = federation.ports[0]
@@ -140,6 +139,9 @@ def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federatio
         # The node's LoRA factors reached the server: in deployment, only via the Fleet API.
         assert last["nodes"][name]["bytes_up"] > 0  # type: ignore[index]
     print(f"2-node, 2-round federation over TLS: {wall:.0f} s wall")
+    # Each reply's name was checked against the name its node's key was enrolled as.
+    settings = json.loads((Path(run_folder(done.stdout)) / "settings.json").read_text())
+    assert settings["enrolled_nodes"] == str((federation.fed / "enrolled-nodes.json").resolve())
 
     # The SuperLink's state survives a restart: enrolled nodes reconnect without rejoining.
     federation.daemons.stop("server")
@@ -147,6 +149,19 @@ def test_two_nodes_train_over_tls_then_revoked_node_is_out(federation: Federatio
     revoked = fedlora("server", "revoke", "--dir", federation.fed, "bank-b")
     assert revoked.returncode == 0, revoked.stderr
     assert federation.status()["bank-b"] == "revoked"
+    # The revoked node's own `node start` says so at once (the enrollment service's NodeStatus),
+    # not after minutes of the SuperLink's refusals.
+    federation.daemons.stop("bank-b")
+    started = time.monotonic()
+    again = fedlora("node", "start", "--dir", root / "bank-b",
+                    "--data", root / "data" / "bank-transactions")  # fmt: skip
+    took = time.monotonic() - started
+    assert again.returncode == 1, again.stdout[-2000:] + again.stderr[-2000:]
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert f"[fedlora] error: this node was revoked by the operator on {day}" in again.stdout
+    assert "ask for a new invitation (fedlora node join" in again.stdout
+    assert took < 30, took  # about 3 s here: the check runs before the SuperNode starts
+    print(f"revoked node start exited in {took:.1f} s")
     wait_for(lambda: federation.status().get("hospital-a") == "online", 90, "reconnect")
     # The same run, resumed from its checkpoint for a third round: only the unrevoked node.
     run_dir = Path(run_folder(done.stdout))
@@ -180,6 +195,15 @@ def test_node_start_checks_its_inputs(federation: Federation, tmp_path: Path) ->
     (keyless / "node.key").unlink()
     no_key_file = fedlora("node", "start", "--dir", keyless, "--data", federation.root / "data")
     assert no_key_file.returncode != 0 and "has no node key" in no_key_file.stderr
+    rekeyed = tmp_path / "rekeyed-node"  # a consistent key pair the federation never enrolled
+    shutil.copytree(joined_dir, rekeyed)
+    for name in ("node.key", "node.pub"):
+        (rekeyed / name).unlink()
+    generate_key(NodeDir(rekeyed))
+    unknown = fedlora("node", "start", "--dir", rekeyed, "--data", federation.root / "data" /
+                      "bank-transactions")  # fmt: skip
+    assert unknown.returncode == 1, unknown.stdout[-2000:] + unknown.stderr[-2000:]
+    assert "[fedlora] error: the server does not know this node's key" in unknown.stdout
     bad_run = fedlora("run", "--dir", federation.fed, "--config", "strategy=fedsgd")
     assert bad_run.returncode != 0 and "`strategy` is 'fedsgd'" in bad_run.stderr
     no_data = fedlora("node", "start", "--dir", joined_dir,

@@ -235,3 +235,22 @@ def test_the_robust_screen_is_off_by_default_and_refuses_a_large_update_when_on(
     reason = strategy.report(1).nodes[POISON].rejected
     assert ("`max-norm-ratio` = 10" in (reason or "")) == refused
     assert all(strategy.report(1).nodes[n].rejected is None for n in NODES)
+
+
+def test_the_robust_screen_costs_nothing_when_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off (the default), no update norm is computed for it: the round's time is unchanged."""
+    import strategies.math.validation as v
+
+    def counted(factors: object) -> float:
+        calls.append(1)
+        return 1.0
+
+    calls: list[int] = []
+    monkeypatch.setattr(v, "update_norm", counted)
+    strategy, sent = _round("flora", list(NODES))
+    strategy.aggregate_train(1, [_reply(sent[n], _factors(n)) for n in NODES])
+    assert calls == []
+    strategy, sent = _round("flora", list(NODES))
+    strategy.limits = ReplyLimits(max_factor_norm=1e4, max_norm_ratio=10.0)
+    strategy.aggregate_train(1, [_reply(sent[n], _factors(n)) for n in NODES])
+    assert calls == [1, 1, 1]

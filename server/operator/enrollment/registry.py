@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protos.tokens import check_node_name, secret_hash, secret_matches
+from server.run.identities import ENROLLED_NODES_FILE, write_enrolled_nodes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invitations (
@@ -45,6 +46,7 @@ class NodeRecord:
     fingerprint: str
     enrolled_at: float
     status: str
+    revoked_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,17 @@ class Registry:
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
         path.chmod(0o600)  # invitations, keys and the audit trail are the operator's alone
+        self.write_names()
+
+    @property
+    def names_path(self) -> Path:
+        """``enrolled-nodes.json`` beside the database: what the ServerApp checks names by."""
+        return self.path.parent / ENROLLED_NODES_FILE
+
+    def write_names(self) -> None:
+        """Rewrite the map ``Flower node id -> name`` of the enrolled, unrevoked nodes."""
+        names = {n.node_id: n.name for n in self.nodes() if n.status == ENROLLED}
+        write_enrolled_nodes(self.names_path, names)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -162,6 +175,7 @@ class Registry:
                 (name, str(node_id), fingerprint, public_key, now, ENROLLED),
             )
             conn.execute("COMMIT")
+        self.write_names()
         self.log(peer=peer, name=name, outcome="enrolled", reason=f"key {fingerprint}")
         return NodeRecord(name, node_id, fingerprint, now, ENROLLED)
 
@@ -207,6 +221,22 @@ class Registry:
     def node(self, name: str) -> NodeRecord | None:
         return next((n for n in self.nodes() if n.name == name), None)
 
+    def node_by_key(self, public_key: str) -> NodeRecord | None:
+        """The record of the OpenSSH key ``public_key`` (type and blob): its enrolled name if
+        it has one, else its latest revoked one; None when it was never enrolled."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT name, node_id, fingerprint, enrolled_at, status, revoked_at FROM nodes "
+                "WHERE public_key = ? ORDER BY status = ? DESC, revoked_at DESC LIMIT 1",
+                (public_key, ENROLLED),
+            ).fetchone()
+        if row is None:
+            return None
+        revoked_at = None if row[5] is None else float(row[5])
+        return NodeRecord(
+            str(row[0]), int(row[1]), str(row[2]), float(row[3]), str(row[4]), revoked_at
+        )
+
     def mark_revoked(self, name: str) -> int:
         """Mark ``name`` revoked and cancel its unused invitations in the same transaction (an
         older invitation must not re-enroll a revoked name); return how many were cancelled."""
@@ -220,6 +250,7 @@ class Registry:
                 "DELETE FROM invitations WHERE name = ? AND used_at IS NULL", (name,)
             ).rowcount
             conn.execute("COMMIT")
+        self.write_names()
         self.log(peer="operator", name=name, outcome="revoked", reason=f"{cancelled} cancelled")
         return int(cancelled)
 

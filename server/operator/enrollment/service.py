@@ -2,8 +2,10 @@
 
 A node presents a token and its public key over TLS; the service checks the token (hashed,
 constant time, single use, not expired), registers the key with Flower's node authentication,
-and returns the CA certificate, the Fleet API address and the node's name. Failed attempts are
-rate-limited per peer address. Every enrollment and refusal is logged. No torch here.
+and returns the CA certificate, the Fleet API address and the node's name. A node that proves it
+holds its key asks what the federation holds for it (``Challenge``, ``NodeStatus``:
+server/operator/enrollment/status.py). Failed attempts are rate-limited per peer address.
+Every enrollment, status answer and refusal is logged. No torch here.
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ import grpc
 from protos.fedlora.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from server.operator.enrollment.keys import parse_node_key
 from server.operator.enrollment.registry import NodeRecord, Refused, Register, Registry
+from server.operator.enrollment.status import Nonces, status_response, verify_request
 
 log = logging.getLogger("fedlora.enrollment")
 
 MAX_FAILURES = 5  # per peer address and window
 FAILURE_WINDOW_S = 60.0
 MAX_TOKEN_FIELD = 128  # token id and secret are far shorter; anything longer is not a token
+_INTERNAL = (
+    "the enrollment service could not handle this request: ask the operator to look at "
+    "FED/logs/enrollment.log"
+)
 
 
 def key_fingerprint(openssh: str) -> str:
@@ -119,16 +126,20 @@ class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
         ca_pem: bytes,
         superlink_address: str,
         limiter: RateLimiter | None = None,
+        nonces: Nonces | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self.register = register
         self.ca_pem = ca_pem
         self.superlink_address = superlink_address
         self.limiter = limiter or RateLimiter()
+        self.nonces = nonces or Nonces()
+        self.clock = clock
 
-    def Enroll(
-        self, request: enroll_pb2.EnrollRequest, context: grpc.ServicerContext
-    ) -> enroll_pb2.EnrollResponse:
+    def _admit(self, context: grpc.ServicerContext) -> str:
+        """The caller's host once the limiter admits it (counted as failed until it succeeds);
+        aborts with RESOURCE_EXHAUSTED while the host is blocked."""
         peer = peer_host(context.peer())
         self.report(self.limiter.flush())
         admitted, note = self.limiter.admit(peer)
@@ -138,6 +149,45 @@ class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many failed attempts from this address: wait {FAILURE_WINDOW_S:.0f} s",
             )
+        return peer
+
+    def Challenge(
+        self, request: enroll_pb2.ChallengeRequest, context: grpc.ServicerContext
+    ) -> enroll_pb2.ChallengeResponse:
+        peer = self._admit(context)  # a blocked address gets no nonces either
+        self.limiter.succeeded(peer)
+        return enroll_pb2.ChallengeResponse(nonce=self.nonces.issue())
+
+    def NodeStatus(
+        self, request: enroll_pb2.NodeStatusRequest, context: grpc.ServicerContext
+    ) -> enroll_pb2.NodeStatusResponse:
+        peer = self._admit(context)
+        try:
+            key = verify_request(request, self.nonces, now=self.clock())
+            record = self.registry.node_by_key(key.openssh)
+        except ValueError as err:
+            log.warning("node status from %s refused: %s", peer, err)
+            self.registry.log(peer=peer, name=None, outcome="refused", reason=f"status: {err}")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+            raise AssertionError("unreachable: abort raises") from None
+        except Exception as err:  # a bug or a broken disk: audited, answered, still counted
+            reason = f"status: {type(err).__name__}: {str(err)[:200]}"
+            log.exception("node status from %s failed: %s", peer, reason)
+            self.registry.log(peer=peer, name=None, outcome="error", reason=reason)
+            context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+            raise AssertionError("unreachable: abort raises") from None
+        self.limiter.succeeded(peer)
+        reply = status_response(record)
+        state = enroll_pb2.NodeStatusResponse.Status.Name(reply.status).lower()
+        log.info("node status from %s: key %s %s", peer, key.fingerprint, state)
+        self.registry.log(peer=peer, name=reply.node_name or None, outcome="status",
+                          reason=f"key {key.fingerprint} {state}")  # fmt: skip
+        return reply
+
+    def Enroll(
+        self, request: enroll_pb2.EnrollRequest, context: grpc.ServicerContext
+    ) -> enroll_pb2.EnrollResponse:
+        peer = self._admit(context)
         record, code, message = self._handle(request, peer)
         if record is None:
             context.abort(code, message)
@@ -177,14 +227,7 @@ class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
             reason = f"{type(err).__name__}: {str(err)[:200]}"
             log.exception("enrollment from %s failed: %s", peer, reason)
             self.registry.log(peer=peer, name=None, outcome="error", reason=reason)
-            return (
-                None,
-                grpc.StatusCode.INTERNAL,
-                (
-                    "the enrollment service could not handle this request: ask the operator to "
-                    "look at FED/logs/enrollment.log"
-                ),
-            )
+            return None, grpc.StatusCode.INTERNAL, _INTERNAL
 
     def report(self, lines: list[str]) -> None:
         """Log and audit limiter reports: one line per address per block."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/fedlora/enroll/v1/enroll.proto\x12\x11\x66\x65\x64lora.enroll.v1\"K\n\rEnrollRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x14\n\x0ctoken_secret\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\t\"g\n\x0e\x45nrollResponse\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x63\x61_certificate\x18\x03 \x01(\x0c\x12\x19\n\x11superlink_address\x18\x04 \x01(\t2[\n\nEnrollment\x12M\n\x06\x45nroll\x12 .fedlora.enroll.v1.EnrollRequest\x1a!.fedlora.enroll.v1.EnrollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/fedlora/enroll/v1/enroll.proto\x12\x11\x66\x65\x64lora.enroll.v1\"K\n\rEnrollRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x14\n\x0ctoken_secret\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\t\"g\n\x0e\x45nrollResponse\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x63\x61_certificate\x18\x03 \x01(\x0c\x12\x19\n\x11superlink_address\x18\x04 \x01(\t\"\x12\n\x10\x43hallengeRequest\"\"\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\\\n\x11NodeStatusRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\ttimestamp\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\xc3\x01\n\x12NodeStatusResponse\x12<\n\x06status\x18\x01 \x01(\x0e\x32,.fedlora.enroll.v1.NodeStatusResponse.Status\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x12\n\nrevoked_at\x18\x03 \x01(\x01\"H\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x45NROLLED\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x12\x0b\n\x07UNKNOWN\x10\x03\x32\x8e\x02\n\nEnrollment\x12M\n\x06\x45nroll\x12 .fedlora.enroll.v1.EnrollRequest\x1a!.fedlora.enroll.v1.EnrollResponse\x12V\n\tChallenge\x12#.fedlora.enroll.v1.ChallengeRequest\x1a$.fedlora.enroll.v1.ChallengeResponse\x12Y\n\nNodeStatus\x12$.fedlora.enroll.v1.NodeStatusRequest\x1a%.fedlora.enroll.v1.NodeStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLREQUEST']._serialized_end=135
   _globals['_ENROLLRESPONSE']._serialized_start=137
   _globals['_ENROLLRESPONSE']._serialized_end=240
-  _globals['_ENROLLMENT']._serialized_start=242
-  _globals['_ENROLLMENT']._serialized_end=333
+  _globals['_CHALLENGEREQUEST']._serialized_start=242
+  _globals['_CHALLENGEREQUEST']._serialized_end=260
+  _globals['_CHALLENGERESPONSE']._serialized_start=262
+  _globals['_CHALLENGERESPONSE']._serialized_end=296
+  _globals['_NODESTATUSREQUEST']._serialized_start=298
+  _globals['_NODESTATUSREQUEST']._serialized_end=390
+  _globals['_NODESTATUSRESPONSE']._serialized_start=393
+  _globals['_NODESTATUSRESPONSE']._serialized_end=588
+  _globals['_NODESTATUSRESPONSE_STATUS']._serialized_start=516
+  _globals['_NODESTATUSRESPONSE_STATUS']._serialized_end=588
+  _globals['_ENROLLMENT']._serialized_start=591
+  _globals['_ENROLLMENT']._serialized_end=861
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,16 @@ class EnrollmentStub:
                 request_serializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.EnrollResponse.FromString,
                 _registered_method=True)
+        self.Challenge = channel.unary_unary(
+                '/fedlora.enroll.v1.Enrollment/Challenge',
+                request_serializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.ChallengeRequest.SerializeToString,
+                response_deserializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.ChallengeResponse.FromString,
+                _registered_method=True)
+        self.NodeStatus = channel.unary_unary(
+                '/fedlora.enroll.v1.Enrollment/NodeStatus',
+                request_serializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.NodeStatusRequest.SerializeToString,
+                response_deserializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.NodeStatusResponse.FromString,
+                _registered_method=True)
 
 
 class EnrollmentServicer:
@@ -51,6 +61,21 @@ class EnrollmentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Challenge(self, request, context):
+        """A fresh single-use nonce for NodeStatus (valid for a minute).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NodeStatus(self, request, context):
+        """What the federation holds for the caller's key (enrolled, revoked, unknown), answered only
+        to a caller that proves possession of the key's private half by signing the nonce.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnrollmentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +83,16 @@ def add_EnrollmentServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.EnrollRequest.FromString,
                     response_serializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.EnrollResponse.SerializeToString,
+            ),
+            'Challenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Challenge,
+                    request_deserializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.ChallengeRequest.FromString,
+                    response_serializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.ChallengeResponse.SerializeToString,
+            ),
+            'NodeStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.NodeStatus,
+                    request_deserializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.NodeStatusRequest.FromString,
+                    response_serializer=protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.NodeStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +122,60 @@ class Enrollment:
             '/fedlora.enroll.v1.Enrollment/Enroll',
             protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.EnrollRequest.SerializeToString,
             protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Challenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedlora.enroll.v1.Enrollment/Challenge',
+            protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.ChallengeRequest.SerializeToString,
+            protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.ChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NodeStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedlora.enroll.v1.Enrollment/NodeStatus',
+            protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.NodeStatusRequest.SerializeToString,
+            protos_dot_fedlora_dot_enroll_dot_v1_dot_enroll__pb2.NodeStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
