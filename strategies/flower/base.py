@@ -60,6 +60,7 @@ class LoraStrategy(Strategy):
     # What the strategy can aggregate; the settings refuse the rest before round 1.
     accepts_heterogeneous_ranks = True
     accepts_server_lr = True  # False: the global is replaced by a mean, not moved by an update
+    accepts_server_momentum = False  # True: FedAvgM's `server-momentum` (flora)
 
     def __init__(
         self,

@@ -5,22 +5,32 @@ starts at the first r_i global components, the rest merged into its weights, so 
 global model and keeps its progress); the server stacks each node's *change*, [B_i, -B_i0] and
 [A_i; A_i0] (:func:`strategies.math.flora.stack_changes`). ``flora-fresh``: the paper's FLoRA,
 each node merges the global adapter and trains a fresh LoRA from B = 0 every round.
-Math in :mod:`strategies.math.flora` (stacking) and :mod:`strategies.math.lowrank` (recompression).
+Math in :mod:`strategies.math.flora` (stacking) and :mod:`strategies.math.lowrank` (recompression);
+``server-momentum`` β > 0 moves the global adapter by FedAvgM's momentum of the stacked updates
+(:mod:`strategies.math.momentum`), kept as factors and checkpointed with the global adapter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from logging import INFO
+from typing import Any
 
+import numpy as np
+from flwr.app import ArrayRecord
 from flwr.common import log
+from numpy.typing import NDArray
 
 from common.config import ConfigValue
 from strategies import protocol as p
 from strategies.flower.base import GlobalAdapter, LoraStrategy
 from strategies.flower.replies import ClientUpdate, example_weights
-from strategies.math.flora import node_start, stack_changes
+from strategies.math.factors import LowRank, join_factor_keys, split_factor_keys
+from strategies.math.flora import node_start, stack, stack_changes
 from strategies.math.lowrank import accumulate, accumulate_updates
+from strategies.math.momentum import momentum_step
+
+MOMENTUM_PREFIX = "momentum/"  # checkpoint array names of the server momentum
 
 
 class FLoRA(LoraStrategy):
@@ -28,27 +38,42 @@ class FLoRA(LoraStrategy):
 
     name = "flora"
     continues = True  # nodes start from the global factors; False: a fresh B = 0 each round
+    accepts_server_momentum = True
 
     def instruction(self, server_round: int) -> dict[str, ConfigValue]:
         return {p.NODE_MODE: p.CONTINUE_MERGED if self.continues else p.MERGE}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._momentum: dict[str, LowRank] = {}  # server momentum M (FedAvgM), when β > 0
 
     def aggregate(
         self, server_round: int, updates: Sequence[ClientUpdate], global_adapter: GlobalAdapter
     ) -> GlobalAdapter:
         weights = example_weights(updates)
-        eta = self.options.server_lr  # append η·Σ p_i s_i B_i A_i: exact, scales the stacked A
+        eta, beta = self.options.server_lr, self.options.server_momentum
         if self.continues and global_adapter:  # each node's change: a rank <= 2 r_i block
             starts = [node_start(global_adapter, rank=u.rank, scaling=_scaling(u)) for u in updates]
             stacked = stack_changes([u.factors for u in updates], starts, weights)
+        elif beta > 0:  # fresh B = 0 at every node: the stack is the round's update
+            stacked = stack([u.factors for u in updates], weights)
+        else:  # fresh, no momentum: stream the stack one module at a time
+            stacked = {}
+        stacked_rank = max((a.shape[0] for a, _, _ in stacked.values()), default=0)
+        if beta > 0:  # FedAvgM: M = β M + D, G = G + η M (strategies/math/momentum.py)
+            step = momentum_step(global_adapter, self._momentum, stacked, beta=beta, eta=eta,
+                                 max_rank=self.options.max_global_rank,
+                                 tol=self.options.recompress_tol)  # fmt: skip
+            result, self._momentum = step.accumulated, step.momentum
+        elif stacked:
             stacked = {m: (a, b, eta * s) for m, (a, b, s) in stacked.items()}
-            stacked_rank = max((a.shape[0] for a, _, _ in stacked.values()), default=0)
             result = accumulate(
                 global_adapter,
                 stacked,
                 max_rank=self.options.max_global_rank,
                 tol=self.options.recompress_tol,
             )
-        else:  # fresh B = 0 at every node: stream the stack one module at a time
+        else:
             stacked_rank = sum(u.rank for u in updates)
             result = accumulate_updates(
                 global_adapter,
@@ -70,6 +95,29 @@ class FLoRA(LoraStrategy):
             result.relative_error,
         )
         return result.adapter
+
+    def state_dict(self) -> tuple[dict[str, NDArray[np.floating]], dict[str, Any]]:
+        """The base class's, plus the server momentum's factors under ``momentum/``."""
+        arrays, state = super().state_dict()
+        momentum = join_factor_keys(self._momentum)
+        return {**arrays, **{MOMENTUM_PREFIX + k: v for k, v in momentum.items()}}, state
+
+    def load_state_dict(
+        self,
+        arrays: dict[str, NDArray[np.floating]],
+        state: dict[str, Any],
+        *,
+        completed_round: int,
+    ) -> ArrayRecord:
+        """Adopt a checkpoint, its server momentum (if any) included."""
+        momentum = {k.removeprefix(MOMENTUM_PREFIX): np.asarray(v, np.float64)
+                    for k, v in arrays.items() if k.startswith(MOMENTUM_PREFIX)}  # fmt: skip
+        pairs, problems = split_factor_keys(momentum)
+        if problems:
+            raise ValueError("the checkpoint's server momentum is malformed: " + problems[0])
+        self._momentum = dict(pairs)
+        adapter = {k: v for k, v in arrays.items() if not k.startswith(MOMENTUM_PREFIX)}
+        return super().load_state_dict(adapter, state, completed_round=completed_round)
 
     def summary(self) -> None:
         super().summary()
