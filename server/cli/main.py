@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -143,7 +144,17 @@ def add_compare_command(sub: Any) -> None:
         help="a small version (2 local steps, 16 records, 2-3 arms per setting)",
     )
     cmd.add_argument("--base-model", help="model folder or hub id (default: the embedded model)")
+    cmd.add_argument("--jobs", type=int, default=default_jobs(),
+                     help="arms run at once, each in its own process with "
+                     "cores/jobs torch threads (default: %(default)s, from the CPU count; "
+                     "1: all in this process); the results do not change")  # fmt: skip
     cmd.set_defaults(func=_cmd_compare)
+
+
+def default_jobs() -> int:
+    """Worker processes for ``compare``: one per core, at most 4 (one thread each suits the
+    embedded model; a larger model gets more threads per arm)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -154,7 +165,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     arms = quick_arms(settings) if args.quick else default_arms(settings)
     rounds = args.rounds or (2 if args.quick else DEFAULT_ROUNDS)
     extra = {"base-model": args.base_model} if args.base_model else {}
-    compare(rounds=rounds, out=args.out, arms=arms, quick=args.quick, extra=extra)
+    if args.jobs < 1:
+        raise ValueError(f"`--jobs` is {args.jobs}: use an integer >= 1 (1: one process)")
+    compare(rounds=rounds, out=args.out, arms=arms, quick=args.quick, extra=extra, jobs=args.jobs)
     return 0
 
 
