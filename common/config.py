@@ -30,6 +30,8 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     # Step along the nodes' mean update (flora, flexlora, ffa); 1: plain average
     # (docs/strategies.md).
     "server-lr": 1.0,
+    # FedAvgM's momentum β on that update (flora; docs/federation-value.md); 0: none.
+    "server-momentum": 0.0,
     "min-nodes": 2,
     "fraction-train": 1.0,
     # Share of the connected nodes that evaluate each round (seeded sample, at least one).

@@ -42,12 +42,14 @@ class AggregationOptions:
 
     ``max_global_rank``/``recompress_tol``: the cap and the energy tolerance of the exact
     recompression (strategies that recompress). ``server_lr``: the step η the strategies that
-    add an update to the global adapter take along the nodes' mean update (1: plain average).
+    add an update to the global adapter take along the nodes' mean update (1: plain average);
+    ``server_momentum``: FedAvgM's β on that update (strategies that accept it; 0: none).
     """
 
     max_global_rank: int | None = 64
     recompress_tol: float = 0.0
     server_lr: float = 1.0
+    server_momentum: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,5 +59,8 @@ class AggregationOptions:
             problems.append(f"`recompress-tol` is {self.recompress_tol}: use a value in [0, 1)")
         if not (math.isfinite(self.server_lr) and self.server_lr > 0):
             problems.append(f"`server-lr` is {self.server_lr}: use a number > 0 (1: plain mean)")
+        if not 0.0 <= self.server_momentum < 1.0:
+            problems.append(f"`server-momentum` is {self.server_momentum}: use a value in [0, 1) "
+                            "(0: none)")  # fmt: skip
         if problems:
             raise SettingsError(problems)

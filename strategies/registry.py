@@ -23,7 +23,9 @@ def strategy_class(name: str) -> type[LoraStrategy]:
         raise SettingsError([f"`strategy` is {name!r}: use one of {known}"]) from None
 
 
-def check_strategy_options(name: str, *, ranks: tuple[int, ...], server_lr: float) -> list[str]:
+def check_strategy_options(
+    name: str, *, ranks: tuple[int, ...], server_lr: float, server_momentum: float = 0.0
+) -> list[str]:
     """What ``strategy`` cannot do with these settings (empty: fine), checked before round 1."""
     cls = STRATEGIES.get(name)
     if cls is None:
@@ -44,5 +46,11 @@ def check_strategy_options(name: str, *, ranks: tuple[int, ...], server_lr: floa
         problems.append(
             f"`server-lr` is {server_lr:g}, but `strategy` {name} replaces the global adapter by "
             f"a mean of factors and has no update to scale: use server-lr = 1 or one of {others}"
+        )
+    if not cls.accepts_server_momentum and server_momentum != 0.0:
+        others = ", ".join(n for n, c in sorted(STRATEGIES.items()) if c.accepts_server_momentum)
+        problems.append(
+            f"`server-momentum` is {server_momentum:g}, but `strategy` {name} keeps no server "
+            f"momentum: use server-momentum = 0 or one of {others}"
         )
     return problems

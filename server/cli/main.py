@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -184,7 +185,17 @@ def add_compare_command(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="a run-config key for every arm, e.g. --config max-norm-ratio=3 (repeatable)",
     )
+    cmd.add_argument("--jobs", type=int, default=default_jobs(),
+                     help="arms run at once, each in its own process with "
+                     "cores/jobs torch threads (default: %(default)s, from the CPU count; "
+                     "1: all in this process); the results do not change")  # fmt: skip
     cmd.set_defaults(func=_cmd_compare)
+
+
+def default_jobs() -> int:
+    """Worker processes for ``compare``: one per core, at most 4 (one thread each suits the
+    embedded model; a larger model gets more threads per arm)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -197,7 +208,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     extra: dict[str, ConfigValue] = dict(args.config or [])
     if args.base_model:
         extra["base-model"] = args.base_model
-    compare(rounds=rounds, out=args.out, arms=arms, quick=args.quick, extra=extra)
+    if args.jobs < 1:
+        raise ValueError(f"`--jobs` is {args.jobs}: use an integer >= 1 (1: one process)")
+    compare(rounds=rounds, out=args.out, arms=arms, quick=args.quick, extra=extra, jobs=args.jobs)
     return 0
 
 

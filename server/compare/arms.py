@@ -118,7 +118,9 @@ def default_arms(settings: Sequence[str] = ("het", "r8", "scarce", "dp")) -> lis
         elif name == "r8":  # zeropad at equal ranks is FedIT exactly: not run twice
             arms += _federated("r8", "flora", "flora-fresh", "fedit", "flexlora", "ffa")
         elif name == "scarce":
-            arms += _federated("scarce", "flora", "flora-fresh", "flexlora")
+            momentum = Arm("flora β=0.5 [scarce]", "federated", "scarce", "flora",
+                           {"server-momentum": 0.5})  # fmt: skip
+            arms += _federated("scarce", "flora", "flora-fresh", "flexlora", extra=[momentum])
         elif name == "dp":
             lora = {"privacy": "dp-lora"}
             arms += _federated("dp", "flora", "flexlora", extra=[

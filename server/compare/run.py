@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,17 +38,21 @@ def node_configs(arm: Arm, config: Mapping[str, ConfigValue], *, out: Path) -> N
     """The node configs of an arm's setting: synthetic partitions, or the scarce institutions'
     folders (written once under ``out/data``); ``personal`` for a personalized arm."""
     from client.data.synth import write_setting
-    from client.data.synth.institutions import SCARCE_EVAL, SCARCE_TRAIN
+    from client.data.synth.institutions import SCARCE_EVAL, SCARCE_NAMES, SCARCE_TRAIN
 
     setting = SETTINGS[arm.setting]
     nodes: NodeConfigs
     if setting.data == "scarce":
         n_train = min(SCARCE_TRAIN, int(config["synth-train-examples"]))
         n_eval = min(SCARCE_EVAL, int(config["synth-eval-examples"]))
-        folder = out / "data" / f"scarce-{n_train}-{n_eval}"
         seed = int(config["seed"])
-        folders = write_setting(folder, "scarce", n_train=n_train, n_eval=n_eval, seed=seed)
-        nodes = [{"data-path": str(f), "node-name": f.name} for f in folders]
+        folder = out / "data" / f"scarce-{n_train}-{n_eval}-seed{seed}"
+        if not folder.is_dir():  # written whole, then renamed: a worker never reads half of it
+            part = folder.with_name(f"{folder.name}.part-{os.getpid()}")
+            shutil.rmtree(part, ignore_errors=True)
+            write_setting(part, "scarce", n_train=n_train, n_eval=n_eval, seed=seed)
+            part.replace(folder)
+        nodes = [{"data-path": str(folder / n), "node-name": n} for n in SCARCE_NAMES]
     else:
         nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
     if arm.kind == "personalized":
@@ -99,15 +105,16 @@ def compare(
     arms: Sequence[Arm] | None = None,
     quick: bool = False,
     extra: Mapping[str, ConfigValue] | None = None,
+    jobs: int = 1,
     echo: Callable[[str], None] = print,
 ) -> list[ArmResult]:
     """Run every arm, write the tables, plot and numbers into ``out``; return the results.
 
     ``quick``: :func:`quick_arms` (unless ``arms`` is given) on a small configuration
     (``QUICK_CONFIG``: 2 local steps, 16 training records); ``extra``: run-config keys for
-    every arm (e.g. ``base-model``).
+    every arm (e.g. ``base-model``); ``jobs``: arms run in that many worker processes at once
+    (server/compare/pool.py; the results do not change).
     """
-    from server.compare.baselines import run_reference
     from server.compare.report import plot_curves, table
 
     if rounds < 1:
@@ -115,20 +122,29 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     arms = list(arms or (quick_arms() if quick else default_arms()))
     overrides = {**(QUICK_CONFIG if quick else {}), **(extra or {})}
-    results: list[ArmResult] = []
+    done: dict[int, ArmResult] = {}
     start = time.perf_counter()
-    for i, arm in enumerate(arms, start=1):
-        echo(f"[compare] {i}/{len(arms)} {arm.label} ({time.perf_counter() - start:.0f} s so far)")
-        config = run_config(arm, rounds=rounds, out=out, extra=overrides)
-        nodes = node_configs(arm, config, out=out)
-        runner = run_reference if arm.strategy is None else run_strategy
-        result = runner(arm, config, nodes, echo)
-        echo(
-            f"[compare] {arm.label}: final mean eval loss {result.final:.3f}, {result.wall_s:.0f} s"
-        )
-        results.append(result)
-        records = [to_record(r, overrides) for r in results]  # so far: a stopped run keeps them
+
+    def finished(index: int, result: ArmResult) -> None:
+        echo(f"[compare] {result.arm.label}: final mean eval loss {result.final:.3f}, "
+             f"{result.wall_s:.0f} s ({len(done) + 1}/{len(arms)} done, "
+             f"{time.perf_counter() - start:.0f} s so far)")  # fmt: skip
+        done[index] = result
+        records = [to_record(done[i], overrides) for i in sorted(done)]  # a stopped run keeps them
         (out / "comparison.json").write_text(json.dumps(records, indent=1) + "\n", "utf-8")
+
+    if jobs > 1 and len(arms) > 1:
+        from server.compare.pool import run_in_workers
+
+        for arm in arms:  # the data once, before any worker reads it
+            node_configs(arm, run_config(arm, rounds=rounds, out=out, extra=overrides), out=out)
+        run_in_workers(arms, rounds=rounds, out=out, overrides=overrides, jobs=jobs,
+                       on_result=finished, echo=echo)  # fmt: skip
+    else:
+        for i, arm in enumerate(arms):
+            echo(f"[compare] {i + 1}/{len(arms)} {arm.label}")
+            finished(i, run_arm(arm, rounds=rounds, out=out, overrides=overrides, echo=echo))
+    results = [done[i] for i in range(len(arms))]
     total = time.perf_counter() - start
     text = table(results, rounds=rounds, total_s=total)
     (out / "comparison.md").write_text(text, "utf-8")
@@ -136,6 +152,23 @@ def compare(
     echo(text)
     echo(f"[compare] wrote {out / 'comparison.md'} and {out / 'comparison.png'} in {total:.0f} s")
     return results
+
+
+def run_arm(
+    arm: Arm,
+    *,
+    rounds: int,
+    out: Path,
+    overrides: Mapping[str, ConfigValue],
+    echo: Callable[[str], None],
+) -> ArmResult:
+    """One arm: its federation (:func:`run_strategy`) or reference training."""
+    from server.compare.baselines import run_reference
+
+    config = run_config(arm, rounds=rounds, out=out, extra=overrides)
+    nodes = node_configs(arm, config, out=out)
+    runner = run_reference if arm.strategy is None else run_strategy
+    return runner(arm, config, nodes, echo)
 
 
 def to_record(result: ArmResult, overrides: Mapping[str, ConfigValue]) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def _finish(
         "base_model": settings.base_model or "embedded",
     }
     adapter_dir = export_adapter(
-        strategy.state_dict()[0],
+        strategy.global_arrays(),  # not the checkpoint's extras (server momentum)
         base_model=settings.base_model,
         out_dir=run_dir / ADAPTER_DIR,
         provenance=provenance,

@@ -85,9 +85,15 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         max_global_rank=cap or None,
         recompress_tol=r.get("recompress-tol", float, "use a value in [0, 1)"),
         server_lr=r.get("server-lr", float, "use a number > 0"),
+        server_momentum=r.get("server-momentum", float, "use a value in [0, 1)"),
     )
     if aggregation is not None:
-        r.problems += check_strategy_options(name, ranks=ranks, server_lr=aggregation.server_lr)
+        r.problems += check_strategy_options(
+            name,
+            ranks=ranks,
+            server_lr=aggregation.server_lr,
+            server_momentum=aggregation.server_momentum,
+        )
     rounds = r.within("num-server-rounds", int, "use an integer >= 1", low=1)
     timeout = r.get("round-timeout-s", float, "use seconds > 0")
     if not timeout > 0:

@@ -62,6 +62,7 @@ class LoraStrategy(Strategy):
     # What the strategy can aggregate; the settings refuse the rest before round 1.
     accepts_heterogeneous_ranks = True
     accepts_server_lr = True  # False: the global is replaced by a mean, not moved by an update
+    accepts_server_momentum = False  # True: FedAvgM's `server-momentum` (flora)
 
     def __init__(
         self,
@@ -322,13 +323,18 @@ class LoraStrategy(Strategy):
         )
 
     # -- checkpoint -----------------------------------------------------------------------------
+    def global_arrays(self) -> dict[str, NDArray[np.floating]]:
+        """The global adapter alone (float64, peft key names): what the run exports."""
+        return join_factor_keys(self._global)
+
     def state_dict(self) -> tuple[dict[str, NDArray[np.floating]], dict[str, Any]]:
-        """The global adapter (float64, peft key names) and the small state a resume needs.
+        """The checkpoint: the global adapter plus any arrays the strategy keeps (FLoRA's server
+        momentum), and the small state a resume needs.
 
         Node sampling needs no saved RNG state: it is seeded by (seed, round, attempt) alone.
         """
         state = {"salt": self.salt, "names": {str(k): v for k, v in sorted(self._names.items())}}
-        return join_factor_keys(self._global), state
+        return self.global_arrays(), state
 
     def load_state_dict(
         self,

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 
 from server.cli.main import build_parser, main
-from server.compare.arms import KINDS, SETTINGS, Arm, default_arms, quick_arms
+from server.compare.arms import KINDS, SETTINGS, Arm, default_arms, personalized, quick_arms
+from server.compare.run import compare
 
 RECORD_FIELDS = {"setting", "label", "kind", "strategy", "config", "final_mean", "final_nodes",
                  "curve", "bytes_up", "bytes_down", "wall_s"}  # fmt: skip
 
 
 def test_quick_compare_covers_every_setting(tmp_path: Path) -> None:
-    assert main(["compare", "--quick", "--rounds", "1", "--out", str(tmp_path)]) == 0
+    assert main(["compare", "--quick", "--rounds", "1", "--out", str(tmp_path), "--jobs", "1"]) == 0
     records = json.loads((tmp_path / "comparison.json").read_text())
     assert isinstance(records, list) and all(set(r) >= RECORD_FIELDS for r in records)
     assert {r["setting"] for r in records} == set(SETTINGS)
@@ -34,6 +35,23 @@ def test_quick_compare_covers_every_setting(tmp_path: Path) -> None:
     assert all(f"### `{name}`" in table for name in SETTINGS) and "### Goals" in table
     assert all(f"| {r['label']} |" in table for r in records)
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # worker processes, each importing torch
+def test_arms_in_worker_processes_equal_arms_in_process(tmp_path: Path) -> None:
+    """``--jobs 2`` (two workers, one torch thread each) changes nothing but the wall time."""
+    arms = [Arm("flora [scarce]", "federated", "scarce", "flora"),
+            Arm("local [het]", "local", "het"), personalized("het")]  # fmt: skip
+    echoed: list[str] = []
+    one = compare(rounds=1, out=tmp_path / "one", arms=arms, quick=True, echo=echoed.append)
+    two = compare(rounds=1, out=tmp_path / "two", arms=arms, quick=True, jobs=2, echo=echoed.append)
+    assert [r.arm for r in two] == arms  # in the arms' order, whichever worker ended first
+    for a, b in zip(one, two, strict=True):
+        assert (a.curve, a.final_nodes, a.bytes_up, a.bytes_down, a.notes) == (
+            b.curve, b.final_nodes, b.bytes_up, b.bytes_down, b.notes)  # fmt: skip
+    assert any("3 arms ran in 2 worker processes" in line for line in echoed)
+    records = json.loads((tmp_path / "two" / "comparison.json").read_text())
+    assert [r["label"] for r in records] == [a.label for a in arms]
 
 
 def test_the_default_comparison_covers_every_strategy_setting_and_kind() -> None:
