@@ -25,7 +25,7 @@ def model_bytes(path: str, *, dtype: torch.dtype, quantization: str, offline: bo
 
     config = AutoConfig.from_pretrained(path, local_files_only=offline)
     with init_empty_weights():
-        meta = AutoModelForCausalLM.from_config(config)
+        meta = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     meta.tie_weights()  # as from_pretrained does (not inside init_empty_weights, where it is lost)
     head = meta.get_output_embeddings()
     quantizable = {  # bitsandbytes quantizes the linear layers, never the LM head

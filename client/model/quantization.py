@@ -14,12 +14,16 @@ naming the value and the fix.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from peft import prepare_model_for_kbit_training
-from transformers import BitsAndBytesConfig, PreTrainedModel
+from transformers import BitsAndBytesConfig
 
 from client.settings import bitsandbytes_installed, quantization_problem
 from common.config import SettingsError
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def check_runtime(quantization: str, device: torch.device) -> None:
@@ -39,14 +43,14 @@ def bnb_config(quantization: str, *, compute_dtype: torch.dtype) -> BitsAndBytes
     if quantization == "none":
         return None
     if quantization == "nf4":
-        return BitsAndBytesConfig(
+        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
         )
     if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
     raise SettingsError([f"`quantization` is {quantization!r}: use none, nf4 or int8"])
 
 
@@ -63,10 +67,10 @@ def is_quantized(model: torch.nn.Module) -> bool:
                 getattr(model, "is_loaded_in_8bit", False))  # fmt: skip
 
 
-def prepare(model: PreTrainedModel) -> PreTrainedModel:
+def prepare(model: M) -> M:
     """peft's QLoRA preparation: base weights frozen, non-quantized ones in fp32. Activation
     checkpointing stays the node's own setting (``gradient-checkpointing``)."""
-    prepared: PreTrainedModel = prepare_model_for_kbit_training(
+    prepared: M = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
         model, use_gradient_checkpointing=False
     )
     return prepared
