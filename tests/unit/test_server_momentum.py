@@ -13,6 +13,7 @@ from common.config import SettingsError
 from server.simulation.inprocess import InProcessGrid, node_contexts
 from strategies import protocol as p
 from strategies.flower.flora import FLoRA
+from strategies.flower.replies import reply_factors
 from strategies.math.factors import split_factor_keys
 from strategies.math.flora import node_start
 from strategies.math.lowrank import accumulate
@@ -86,7 +87,8 @@ def test_the_strategy_moves_by_the_momentum_of_the_nodes_changes() -> None:
         if msg.metadata.message_type != "train":
             return
         sent, _ = split_factor_keys(p.from_record(msg.content.array_records[p.ARRAYS]))
-        pairs, _ = split_factor_keys(p.from_record(reply.content.array_records[p.ARRAYS]))
+        shapes = {"m": (DIM, DIM)}  # the flat wire array, its modules named by digest
+        pairs, _ = split_factor_keys(reply_factors(reply.content, shapes))
         ((a, b),) = pairs.values()
         a, b, s = np.float64(a), np.float64(b), 2.0  # the node app's alpha = 2 r
         change = s * b @ a
