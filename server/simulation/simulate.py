@@ -44,6 +44,9 @@ def simulate(
         raise ValueError(f"`--nodes` is {num_nodes}: use an integer >= 1")
     given = {**saved_run_config(run_config or {}), **(run_config or {})}
     config = {**DEFAULT_RUN_CONFIG, **given}
+    # Simulated nodes are not enrolled: the deployment's name binding never applies here, also
+    # when resuming a deployed run's checkpoint, whose settings name its federation's map.
+    config["enrolled-nodes"] = ""
     if "min-nodes" not in given:
         config["min-nodes"] = min(num_nodes, int(DEFAULT_RUN_CONFIG["min-nodes"]))
     settings = server_settings(config)

@@ -3,6 +3,7 @@ ends with the same global adapter as an uninterrupted run, bitwise (CPU, fixed s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,12 @@ import pytest
 from safetensors.numpy import load_file
 
 from server.cli.main import main
-from server.run.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from server.run.checkpoint import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server.run.runlog import read_metrics
 from server.simulation.simulate import simulate
 
@@ -96,3 +102,22 @@ def test_a_node_that_never_comes_up_stops_the_run_within_node_wait_s(tmp_path) -
     outcome = simulate(num_nodes=3, run_config=config, **QUIET)
     assert outcome.stopped is not None and "`min-nodes` is 4" in outcome.stopped
     assert read_metrics(outcome.run_dir)[-1]["stopped"] == outcome.stopped
+
+
+def test_a_deployed_runs_checkpoint_resumes_in_simulation_without_its_name_binding(
+    tmp_path: Path,
+) -> None:
+    """A deployed run's settings name its federation's enrolled-nodes map; simulated nodes are
+    not enrolled, so resuming that checkpoint in simulation must not refuse them all."""
+    first = simulate(run_config=_config(tmp_path, **{"num-server-rounds": 1}), **QUIET)
+    enrolled = tmp_path / "enrolled-nodes.json"
+    enrolled.write_text(json.dumps({"12345": "hospital-a"}))
+    saved = load_checkpoint(first.run_dir)  # as `fedlora run` saves it in deployment
+    save_checkpoint(first.run_dir, dataclasses.replace(
+        saved, run_config={**saved.run_config, "enrolled-nodes": str(enrolled)}))  # fmt: skip
+    resumed = simulate(
+        run_config={"resume-from": str(first.run_dir), "num-server-rounds": 2}, **QUIET
+    )
+    assert resumed.stopped is None
+    last = read_metrics(resumed.run_dir)[-1]
+    assert all(not node.get("rejected") for node in last["nodes"].values()), last["nodes"]
