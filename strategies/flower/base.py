@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from common.config import ConfigValue
 from strategies import protocol as p
+from strategies.flower.labels import NodeLabels
 from strategies.flower.privacy_report import record_privacy
 from strategies.flower.replies import (
     ClientUpdate,
@@ -34,6 +35,7 @@ from strategies.flower.replies import (
     aggregation_order,
     parse_eval_reply,
     parse_train_replies,
+    read_global,
     screen_updates,
 )
 from strategies.flower.report import RoundReport, record_setup
@@ -46,7 +48,7 @@ from strategies.flower.rounds import (
     screen_replies,
     wait_for_nodes,
 )
-from strategies.math.factors import LowRank, join_factor_keys, split_factor_keys
+from strategies.math.factors import LowRank, join_factor_keys
 from strategies.math.packing import module_digest
 from strategies.math.validation import ReplyLimits, Shapes, fingerprint
 from strategies.options import AggregationOptions as AggregationOptions  # re-exported
@@ -89,7 +91,7 @@ class LoraStrategy(Strategy):
         self.rounds: dict[int, RoundReport] = {}
         # node id -> the rank of its last accepted train reply
         self.node_ranks: dict[int, int] = {}
-        self._names: dict[int, str] = {}
+        self._labels = NodeLabels()
         self._global: GlobalAdapter = {}
         # The ArrayRecord `_global` was read from, and its fp32 wire form: Flower hands the same
         # record to configure_evaluate and the next configure_train, so each is built once.
@@ -333,7 +335,7 @@ class LoraStrategy(Strategy):
 
         Node sampling needs no saved RNG state: it is seeded by (seed, round, attempt) alone.
         """
-        state = {"salt": self.salt, "names": {str(k): v for k, v in sorted(self._names.items())}}
+        state = {"salt": self.salt, "names": self._labels.state()}
         return self.global_arrays(), state
 
     def load_state_dict(
@@ -345,47 +347,26 @@ class LoraStrategy(Strategy):
     ) -> ArrayRecord:
         """Adopt a checkpoint; returns the record to pass to ``start()`` as its initial arrays."""
         record = p.to_record(arrays, dtype=np.float64)
-        self._global = self._read_global(record)
+        self._global = read_global(record)
         self._source, self._wire = record, None
         self.salt = str(state["salt"])
-        self._names = {int(k): str(v) for k, v in dict(state["names"]).items()}
+        self._labels.restore(dict(state["names"]))
         self.round_offset = completed_round
         return record
 
     # -- helpers --------------------------------------------------------------------------------
     def _label(self, node_id: int, name: str) -> str:
-        """A node's name as it last reported it (error replies carry none).
-
-        Names key ``metrics.jsonl``, so each stays unique: a name another node holds is not taken
-        over, and the claimant is labelled by its id instead. In deployment a node is labelled
-        by the name it was enrolled as, whatever its reply says.
-        """
+        """A node's label (``strategies/flower/labels.py``): in deployment the name it was
+        enrolled as, whatever its reply says; in simulation the name it reports."""
         if self.enrolled is not None:
             name = self.enrolled(node_id) or ""
-        name = name[:64]
-        taken = {n for other, n in self._names.items() if other != node_id}
-        if name and name not in taken:
-            self._names[node_id] = name
-        elif node_id not in self._names:
-            label = f"node-{node_id}"
-            while label in taken:
-                label += "'"
-            self._names[node_id] = label
-        return self._names[node_id]
+        return self._labels.label(node_id, name)
 
     def _sync_global(self, arrays: ArrayRecord) -> None:
         """Adopt ``arrays`` as the global adapter unless it is the record we already hold."""
         if arrays is not self._source:
-            self._global = self._read_global(arrays)
+            self._global = read_global(arrays)
             self._source, self._wire = arrays, None
-
-    def _read_global(self, arrays: ArrayRecord) -> GlobalAdapter:
-        pairs, problems = split_factor_keys(p.from_record(arrays))
-        if problems:
-            raise ValueError("the global adapter is malformed: " + "; ".join(problems[:3]))
-        return {
-            m: (np.asarray(a, np.float64), np.asarray(b, np.float64)) for m, (a, b) in pairs.items()
-        }
 
     def _wire_record(self) -> ArrayRecord:
         if self._wire is None:

@@ -8,12 +8,13 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from strategies import protocol as p
 from strategies.math import packing
 from strategies.math import validation as v
-from strategies.math.factors import Array, Factors, LowRank, join_factor_keys
+from strategies.math.factors import Array, Factors, LowRank, join_factor_keys, split_factor_keys
 from strategies.math.validation import ReplyLimits, Shapes
 
 H = TypeVar("H", bound=Hashable)
@@ -328,3 +329,19 @@ def example_weights(updates: Sequence[ClientUpdate]) -> list[float]:
     """FedAvg's weights p_i = n_i / sum_j n_j over the accepted updates."""
     total = sum(u.num_examples for u in updates)
     return [u.num_examples / total for u in updates]
+
+
+def read_global(arrays: ArrayRecord) -> dict[str, LowRank]:
+    """The global adapter in an array record (peft key names), as float64 factors.
+
+    Raises
+    ------
+    ValueError
+        A key is not a LoRA factor or a module lacks one of its two factors.
+    """
+    pairs, problems = split_factor_keys(p.from_record(arrays))
+    if problems:
+        raise ValueError("the global adapter is malformed: " + "; ".join(problems[:3]))
+    return {
+        m: (np.asarray(a, np.float64), np.asarray(b, np.float64)) for m, (a, b) in pairs.items()
+    }

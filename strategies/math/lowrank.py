@@ -26,7 +26,7 @@ the module (``method="dense"``), where forming it is the cheaper way.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -283,19 +283,15 @@ def accumulate_updates(
         The cap and the energy tolerance of :func:`recompress`.
     """
     check_updates(updates, weights)
-    adapter: dict[str, LowRank] = dict(global_adapter)
-    reports: dict[str, Recompressed] = {}
-    for module in sorted(updates[0]):
+
+    def build(module: str) -> ModuleStack:
         blocks = [
             (u[module][0], u[module][1], scale * weight * u[module][2])
             for u, weight in zip(updates, weights, strict=True)
         ]
-        stack = module_stack(global_adapter.get(module), blocks)
-        report = recompress_stack(stack, max_rank=max_rank, tol=tol)
-        del stack
-        adapter[module] = (report.a, report.b)
-        reports[module] = report
-    return Accumulated(adapter, reports)
+        return module_stack(global_adapter.get(module), blocks)
+
+    return _streamed(global_adapter, sorted(updates[0]), build, max_rank=max_rank, tol=tol)
 
 
 def accumulate_changes(
@@ -328,14 +324,29 @@ def accumulate_changes(
         The dtype the global adapter reached the nodes in (their start is rounded to it).
     """
     check_updates(updates, weights)
-    adapter: dict[str, LowRank] = dict(global_adapter)
-    reports: dict[str, Recompressed] = {}
-    for module in sorted(updates[0]):
+
+    def build(module: str) -> ModuleStack:
         factors = [u[module] for u in updates]
         coefs = [scale * w * s for (_, _, s), w in zip(factors, weights, strict=True)]
-        stack = change_stack(global_adapter.get(module), factors, coefs, wire_dtype=wire_dtype)
-        report = recompress_stack(stack, max_rank=max_rank, tol=tol)
-        del stack
+        return change_stack(global_adapter.get(module), factors, coefs, wire_dtype=wire_dtype)
+
+    return _streamed(global_adapter, sorted(updates[0]), build, max_rank=max_rank, tol=tol)
+
+
+def _streamed(
+    global_adapter: Mapping[str, LowRank],
+    modules: Sequence[str],
+    build: Callable[[str], ModuleStack],
+    *,
+    max_rank: int | None,
+    tol: float,
+) -> Accumulated:
+    """Recompress one module's stack at a time (``build(module)``), each released before the
+    next: peak memory is one module's stack."""
+    adapter: dict[str, LowRank] = dict(global_adapter)
+    reports: dict[str, Recompressed] = {}
+    for module in modules:
+        report = recompress_stack(build(module), max_rank=max_rank, tol=tol)
         adapter[module] = (report.a, report.b)
         reports[module] = report
     return Accumulated(adapter, reports)
