@@ -103,13 +103,16 @@ def test_node_and_server_crashes_lose_nothing(federation: Federation, tmp_path: 
     federation.wait_online(*NODES)
     # min-nodes 3: every round waits (node-wait-s) for all three; min-replies 2: a round completes
     # when one of them does not answer within round-timeout-s.
-    config = [*QUICK, "min-nodes=3", "min-replies=2", "round-timeout-s=60", "node-wait-s=180"]
+    # 60 local steps: a round's training lasts long enough (a second or more) to be caught in.
+    config = ["local-steps=60", *QUICK[1:], "min-nodes=3", "min-replies=2", "round-timeout-s=60",
+              "node-wait-s=180"]  # fmt: skip
     follow = Follow("--dir", federation.fed, "--rounds", "4", *_configs(*config))
 
     # Round 1: clinic-c dies mid-round (SIGKILL, its whole process tree) and is started again at
     # once; the SuperLink activates it again once its crashed session times out (<= 60 s).
     follow.wait_line("[fedlora] round 0/4")
-    wait_for(lambda: _training(federation, "clinic-c"), 120, "clinic-c training round 1")
+    wait_for(lambda: _training(federation, "clinic-c"), 120, "clinic-c training round 1",
+             every_s=0.05)  # fmt: skip
     federation.daemons.crash("clinic-c")
     _start(federation, "clinic-c")
 
