@@ -102,9 +102,15 @@ def test_node_and_server_crashes_lose_nothing(federation: Federation, tmp_path: 
         _start(federation, name)
     federation.wait_online(*NODES)
     # min-nodes 3: every round waits (node-wait-s) for all three; min-replies 2: a round completes
-    # when one of them does not answer within round-timeout-s.
-    # 60 local steps: a round's training lasts long enough (a second or more) to be caught in.
-    config = ["local-steps=60", *QUICK[1:], "min-nodes=3", "min-replies=2", "round-timeout-s=60",
+    # without one of them. 60 local steps: a round's training lasts long enough (a second or
+    # more) to be caught in.
+    # round-timeout-s 90: the SuperLink counts the killed session online until two missed 30 s
+    # heartbeats (at most 60 s after the kill), then answers round 1's message with
+    # NODE_UNAVAILABLE, which ends round 1. A timeout that fired first (60 s from the round's
+    # start) let round 2 send to the stale session, whose expiry then dropped clinic-c from
+    # round 2 as well (seen on CI). With 90 s, round 2 starts only once the stale session is gone
+    # and waits (min-nodes) for clinic-c's new one.
+    config = ["local-steps=60", *QUICK[1:], "min-nodes=3", "min-replies=2", "round-timeout-s=90",
               "node-wait-s=180"]  # fmt: skip
     follow = Follow("--dir", federation.fed, "--rounds", "4", *_configs(*config))
 
