@@ -6,6 +6,7 @@ factors, as one flat float32 array ``factors``: :mod:`strategies.math.packing`),
 (``num-examples``; losses and time only without DP) and ``adapter`` (rank, alpha, node name, the
 instruction's ``global-fingerprint`` echoed back, and the factors' ``layout`` and ``modules``).
 Evaluate reply: ``metrics`` (``eval-loss``, ``num-examples``) and ``adapter`` (node name).
+A reply's config records together hold at most :data:`MAX_CONFIG_BYTES` (:func:`config_bytes`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,62 @@ CONTINUE_MERGED = "continue-merged"
 NODE_MODES = (MERGE, CONTINUE, CONTINUE_MERGED)
 SHARED_A_SEED = "shared-a-seed"
 FREEZE_A = "freeze-a"
+
+# The cap on a reply's config records together (:func:`config_bytes`), checked before anything in
+# them is read. The largest a node sends is the train reply's `adapter` record with the module
+# names in full: 39.2 KiB for a 70B Llama (80 layers x 7 modules = 560 names, 26 490 bytes, and
+# a 13 440-byte layout), 61.8 KiB for a 405B (126 x 7), 73.6 KiB for Mixtral 8x7B with every
+# expert adapted (32 x 28); `privacy`'s `dp-history` adds 24 bytes per change of σ or q. 256 KiB
+# leaves 6.5x over the 70B and 3.5x over Mixtral (docs/reliability.md).
+MAX_CONFIG_BYTES = 256 * 1024
+
+
+def config_bytes(record: Mapping[str, object]) -> int:
+    """The bytes a config record holds: each key's and string's UTF-8 bytes, a bytes value's
+    length, 8 per number and 1 per bool, list items each counted so.
+
+    Flower's ``ConfigRecord.count_bytes`` counts the same for ASCII, but counts characters, not
+    bytes, and raises ``IndexError`` on an empty list (which a reply may carry).
+    """
+    total = 0
+    for key, value in record.items():
+        total += len(key.encode("utf-8", "surrogatepass"))
+        items = value if isinstance(value, list) else [value]
+        if items and isinstance(items[0], int | float) and not isinstance(items[0], bool):
+            total += 8 * len(items)  # Flower keeps a list's items of one type
+            continue
+        for item in items:
+            total += _scalar_bytes(item)
+    return total
+
+
+def _scalar_bytes(value: object) -> int:
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int | float):
+        return 8
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, bytes):
+        return len(value)
+    raise TypeError(f"a config record holds {type(value).__name__}: not a Flower config value")
+
+
+def config_problem(records: Mapping[str, Mapping[str, object]]) -> str | None:
+    """Why a reply's config records are refused (their bytes together over
+    :data:`MAX_CONFIG_BYTES`), naming the largest records; None when they fit."""
+    sizes = {name: config_bytes(record) for name, record in records.items()}
+    total = sum(sizes.values())
+    if total <= MAX_CONFIG_BYTES:
+        return None
+    largest = sorted(sizes, key=lambda name: (-sizes[name], name))[:3]
+    named = ", ".join(f"`{name[:40]}` {sizes[name]} bytes" for name in largest)
+    return (
+        f"the reply's config records hold {total} bytes ({named}), over the cap of "
+        f"{MAX_CONFIG_BYTES} bytes ({MAX_CONFIG_BYTES // 1024} KiB) on a reply's config records: "
+        "a fedlora node sends at most a few dozen KiB (the module names of its adapter); "
+        "this reply was not used"
+    )
 
 
 def to_record(

@@ -65,8 +65,10 @@ class Parsed:
 
 
 def _name(msg: Message) -> str:
+    """The node name a reply reports ("" when it reports none, or not as a string)."""
     if msg.has_content() and p.ADAPTER in msg.content.config_records:
-        return str(msg.content.config_records[p.ADAPTER].get(p.NODE_NAME, ""))
+        name = msg.content.config_records[p.ADAPTER].get(p.NODE_NAME, "")
+        return name if isinstance(name, str) else ""  # str() of a list could be any size
     return ""
 
 
@@ -87,6 +89,15 @@ def identity_problem(msg: Message, enrolled: EnrolledNames | None) -> Rejected |
             f"{expected!r}: a node may only report the name the operator invited it as"
         ))  # fmt: skip
     return None
+
+
+def config_size_problem(msg: Message) -> Rejected | None:
+    """A reply whose config records together exceed ``MAX_CONFIG_BYTES`` (strategies/protocol.py),
+    refused before anything in them (layout, module names) is read."""
+    problem = p.config_problem(msg.content.config_records)
+    if problem is None:
+        return None
+    return Rejected(msg.metadata.src_node_id, _name(msg)[:64], problem)
 
 
 def _metric_problems(msg: Message, limits: ReplyLimits) -> list[str]:
@@ -137,6 +148,9 @@ def parse_train_reply(msg: Message, expect: Expectation | None = None) -> Client
     node, name = msg.metadata.src_node_id, _name(msg)
     if msg.has_error():
         return Rejected(node, name, f"node error {msg.error.code}: {msg.error.reason}")
+    oversized = config_size_problem(msg)
+    if oversized is not None:
+        return oversized
     impostor = identity_problem(msg, expect.enrolled)
     if impostor is not None:
         return impostor
@@ -308,6 +322,9 @@ def parse_eval_reply(
     node, name = msg.metadata.src_node_id, _name(msg)
     if msg.has_error():
         return Rejected(node, name, f"node error {msg.error.code}: {msg.error.reason}")
+    oversized = config_size_problem(msg)
+    if oversized is not None:
+        return oversized
     impostor = identity_problem(msg, enrolled)
     if impostor is not None:
         return impostor

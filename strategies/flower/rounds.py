@@ -2,10 +2,12 @@
 has failed.
 
 A reply counts only if it answers an instruction the server sent in this round (this attempt),
-and a node gets one reply per round. What Flower's ``Grid.send_and_receive(timeout=...)`` does
-with stragglers: it pulls until every instruction has a reply or the timeout passes, then
-returns what it has; replies that arrive later are never pulled, so they are dropped by
-construction. This module records each instruction left without a reply.
+and a node gets one reply per round; a reply whose config records exceed their cap
+(strategies/protocol.py) is refused here, before any of them is read. What Flower's
+``Grid.send_and_receive(timeout=...)`` does with stragglers: it pulls until every instruction
+has a reply or the timeout passes, then returns what it has; replies that arrive later are
+never pulled, so they are dropped by construction. This module records each instruction left
+without a reply.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from common.config import SettingsError
-from strategies.flower.replies import Rejected
+from strategies.flower.replies import Rejected, config_size_problem
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ def screen_replies(
             refused.append(Rejected(node, "", reason))
         elif meta.src_node_id != node:  # the SuperLink's own error reply, e.g. node unavailable
             refused.append(Rejected(node, "", f"{reply.error.reason} (error {reply.error.code})"))
+        elif reply.has_content() and (oversized := config_size_problem(reply)) is not None:
+            refused.append(oversized)  # nothing in it is read, its privacy figures included
         else:
             kept.append(reply)
     silent = sorted({m.metadata.dst_node_id for m in sent} - set(counts))
