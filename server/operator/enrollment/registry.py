@@ -4,6 +4,12 @@ and an event log of every enrollment and refusal.
 SQLite gives the atomicity the service needs across threads and processes (`fedlora server
 invite` writes while `fedlora server start` serves): an enrollment runs in one ``BEGIN
 IMMEDIATE`` transaction, so of two joins racing with one token exactly one wins.
+
+``enrolled-nodes.json`` (what the ServerApp checks reply names by) is rewritten from the
+registry's own state inside the transaction that changes it, before the commit, while that
+transaction holds the database's write lock: of an enrollment (`server start`) and a revocation
+(`server revoke`, another process) the later one to commit also writes the file later, from a
+state that includes the earlier one, so the file is never an event behind the registry.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +69,9 @@ Register = Callable[[str, str], int]  # (node name, OpenSSH public key) -> Flowe
 class Registry:
     """Invitations, nodes and events of one federation (``FED/enrollment.db``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s  # how long a writer waits for another's lock
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
         path.chmod(0o600)  # invitations, keys and the audit trail are the operator's alone
@@ -76,13 +83,42 @@ class Registry:
         return self.path.parent / ENROLLED_NODES_FILE
 
     def write_names(self) -> None:
-        """Rewrite the map ``Flower node id -> name`` of the enrolled, unrevoked nodes."""
-        names = {n.node_id: n.name for n in self.nodes() if n.status == ENROLLED}
-        write_enrolled_nodes(self.names_path, names)
+        """Rewrite the map ``Flower node id -> name`` of the enrolled, unrevoked nodes, under
+        the database's write lock (one empty write transaction)."""
+        with self._writing():
+            pass
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``) that ends by rewriting the names map from
+        the state it is about to commit, still holding the write lock, then commits.
+
+        Should the commit fail after the map was written, it rolls back and rewrites the map
+        from the committed state, so the file is not left ahead of the database either.
+        """
+        written = False
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                written = True
+                self._write_names(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if written:
+                    with suppress(Exception):  # the error that rolled back is the one to report
+                        self.write_names()
+                raise
+
+    def _write_names(self, conn: sqlite3.Connection) -> None:
+        rows = conn.execute("SELECT node_id, name FROM nodes WHERE status = ?", (ENROLLED,))
+        write_enrolled_nodes(self.names_path, {int(r[0]): str(r[1]) for r in rows.fetchall()})
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
         try:
             yield conn
         finally:
@@ -155,27 +191,23 @@ class Registry:
         register: Register,
     ) -> NodeRecord:
         """Consume the token and register the key (all or nothing); raise :class:`Refused`."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+        try:
+            with self._writing() as conn:
                 name = self._check_token(conn, token_id, secret)
                 node_id = register(name, public_key)
-            except Exception as err:
-                conn.execute("ROLLBACK")
-                reason = str(err) if isinstance(err, Refused) else f"registration failed: {err}"
-                self.log(peer=peer, name=None, outcome="refused", reason=reason)
-                raise Refused(reason) from err
-            now = time.time()
-            conn.execute(
-                "UPDATE invitations SET used_at = ?, used_by = ? WHERE id = ?",
-                (now, fingerprint, token_id),
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (name, str(node_id), fingerprint, public_key, now, ENROLLED),
-            )
-            conn.execute("COMMIT")
-        self.write_names()
+                now = time.time()
+                conn.execute(
+                    "UPDATE invitations SET used_at = ?, used_by = ? WHERE id = ?",
+                    (now, fingerprint, token_id),
+                )
+                conn.execute(
+                    "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                    (name, str(node_id), fingerprint, public_key, now, ENROLLED),
+                )
+        except Exception as err:
+            reason = str(err) if isinstance(err, Refused) else f"registration failed: {err}"
+            self.log(peer=peer, name=None, outcome="refused", reason=reason)
+            raise Refused(reason) from err
         self.log(peer=peer, name=name, outcome="enrolled", reason=f"key {fingerprint}")
         return NodeRecord(name, node_id, fingerprint, now, ENROLLED)
 
@@ -240,8 +272,7 @@ class Registry:
     def mark_revoked(self, name: str) -> int:
         """Mark ``name`` revoked and cancel its unused invitations in the same transaction (an
         older invitation must not re-enroll a revoked name); return how many were cancelled."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._writing() as conn:
             conn.execute(
                 "UPDATE nodes SET status = ?, revoked_at = ? WHERE name = ?",
                 (REVOKED, time.time(), name),
@@ -249,8 +280,6 @@ class Registry:
             cancelled = conn.execute(
                 "DELETE FROM invitations WHERE name = ? AND used_at IS NULL", (name,)
             ).rowcount
-            conn.execute("COMMIT")
-        self.write_names()
         self.log(peer="operator", name=name, outcome="revoked", reason=f"{cancelled} cancelled")
         return int(cancelled)
 
