@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="torch CPU threads (node setting `num-threads`; default: torch's own choice)",
+        help="torch CPU threads (node setting `num-threads`; 0: torch's own choice, one per "
+        "core; default: 1 with the embedded model, torch's choice with --base-model)",
     )
     sim.add_argument("--run-dir", help="where run folders go (default ./runs)")
     sim.add_argument(

@@ -25,7 +25,7 @@ def simulate(
     num_nodes: int = 3,
     run_config: Mapping[str, ConfigValue] | None = None,
     node_configs: list[dict[str, ConfigValue]] | None = None,
-    num_threads: int = 0,
+    num_threads: int | None = 0,
     echo: Callable[[str], None] = print,
     verbose: bool = False,
     state_dir: Path | None = None,
@@ -39,9 +39,15 @@ def simulate(
     Each node keeps its privacy ledger in ``state_dir/<node name>`` (default: the run folder's
     ``state/<node name>``) unless its node config sets ``state-dir``. ``live``: a live progress
     bar on this process's terminal (rich), the lines printed above it instead of through ``echo``.
+    ``num_threads``: torch's CPU threads (node setting `num-threads`; 0: torch's choice, one per
+    core, or what the process set); None: :func:`default_threads` (``fedlora simulate``).
     """
     if num_nodes < 1:
         raise ValueError(f"`--nodes` is {num_nodes}: use an integer >= 1")
+    if num_threads is not None and num_threads < 0:
+        raise ValueError(
+            f"`--threads` is {num_threads}: use an integer >= 1, or 0 for torch's choice"
+        )
     given = {**saved_run_config(run_config or {}), **(run_config or {})}
     config = {**DEFAULT_RUN_CONFIG, **given}
     # Simulated nodes are not enrolled: the deployment's name binding never applies here, also
@@ -50,12 +56,8 @@ def simulate(
     if "min-nodes" not in given:
         config["min-nodes"] = min(num_nodes, int(DEFAULT_RUN_CONFIG["min-nodes"]))
     settings = server_settings(config)
-    nodes: list[dict[str, ConfigValue]] = [
-        {"partition-id": i, "num-partitions": num_nodes, "num-threads": num_threads}
-        for i in range(num_nodes)
-    ]
-    for i, extra in enumerate(node_configs or []):
-        nodes[i].update(extra)
+    threads = default_threads(config) if num_threads is None else num_threads
+    nodes = simulated_nodes(num_nodes, num_threads=threads, node_configs=node_configs)
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
     contexts = node_contexts(nodes, config)
     progress = LiveProgress() if live else PlainProgress(echo)
@@ -69,6 +71,34 @@ def simulate(
     finally:
         progress.close()
     return outcome
+
+
+def default_threads(run_config: Mapping[str, ConfigValue]) -> int:
+    """torch threads for simulated nodes when ``--threads`` is not given: 1 with the embedded
+    model, 0 (torch's choice: one per core) with any other base model.
+
+    The embedded model (hidden size 128) gains little from a second thread, and on shared,
+    busy cores torch's threads wait on each other: a 1-round ``simulate`` took 24-37 s (median
+    wall; 11 s CPU) with one thread against 87-114 s (43-51 s CPU) with torch's two, on 2 cores
+    at load 4-7 (docs/configuration.md). A larger model's matrix products keep torch's threads.
+    """
+    return 0 if run_config.get("base-model") else 1
+
+
+def simulated_nodes(
+    num_nodes: int,
+    *,
+    num_threads: int,
+    node_configs: list[dict[str, ConfigValue]] | None = None,
+) -> list[dict[str, ConfigValue]]:
+    """Each simulated node's node config: its partition, the torch threads, ``node_configs``."""
+    nodes: list[dict[str, ConfigValue]] = [
+        {"partition-id": i, "num-partitions": num_nodes, "num-threads": num_threads}
+        for i in range(num_nodes)
+    ]
+    for i, extra in enumerate(node_configs or []):
+        nodes[i].update(extra)
+    return nodes
 
 
 def _state_dirs(
