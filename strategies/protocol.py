@@ -6,7 +6,7 @@ factors, as one flat float32 array ``factors``: :mod:`strategies.math.packing`),
 (``num-examples``; losses and time only without DP) and ``adapter`` (rank, alpha, node name, the
 instruction's ``global-fingerprint`` echoed back, and the factors' ``layout`` and ``modules``).
 Evaluate reply: ``metrics`` (``eval-loss``, ``num-examples``) and ``adapter`` (node name).
-A reply's config records together hold at most :data:`MAX_CONFIG_BYTES` (:func:`config_bytes`).
+A reply's config records together, names included, hold at most :data:`MAX_CONFIG_BYTES`.
 """
 
 from __future__ import annotations
@@ -117,8 +117,10 @@ def _scalar_bytes(value: object) -> int:
 
 def config_problem(records: Mapping[str, Mapping[str, object]]) -> str | None:
     """Why a reply's config records are refused (their bytes together over
-    :data:`MAX_CONFIG_BYTES`), naming the largest records; None when they fit."""
-    sizes = {name: config_bytes(record) for name, record in records.items()}
+    :data:`MAX_CONFIG_BYTES`, each record's name counted with it), naming the largest records;
+    None when they fit."""
+    sizes = {name: len(name.encode("utf-8", "surrogatepass")) + config_bytes(record)
+             for name, record in records.items()}  # fmt: skip
     total = sum(sizes.values())
     if total <= MAX_CONFIG_BYTES:
         return None

@@ -47,12 +47,17 @@ def _message(modules: list[str], *, privacy: dict | None = None, **extra: object
     return Message(RecordDict(records), reply_to=instruction)  # type: ignore[arg-type]
 
 
+def _size(msg: Message) -> int:
+    """What the cap counts: every config record with its name."""
+    return sum(len(k) + p.config_bytes(r) for k, r in msg.content.config_records.items())
+
+
 def _padded(total: int) -> Message:
-    """A small honest reply whose `adapter` record is padded to exactly ``total`` bytes."""
+    """A small honest reply whose `adapter` record (its name included) is ``total`` bytes."""
     adapter = _message(_llama_modules(1)).content.config_records[p.ADAPTER]
-    pad = total - p.config_bytes(adapter) - len("padding")
+    pad = total - len(p.ADAPTER) - p.config_bytes(adapter) - len("padding")
     msg = _message(_llama_modules(1), padding="x" * pad)
-    assert p.config_bytes(msg.content.config_records[p.ADAPTER]) == total
+    assert _size(msg) == total
     return msg
 
 
@@ -125,6 +130,7 @@ def test_the_config_records_count_together_and_the_largest_are_named() -> None:
     privacy = ConfigRecord({p.DP_MODE: "dp-sgd", p.DP_HISTORY: history})  # type: ignore[dict-item]
     adapter = _message(_llama_modules(1)).content.config_records[p.ADAPTER]
     pad = CAP - p.config_bytes(privacy) - p.config_bytes(adapter) - len("padding")
+    pad -= len(p.PRIVACY) + len(p.ADAPTER)  # the records' names count too
 
     def reply(extra: int) -> Message:
         return _message(_llama_modules(1), privacy=dict(privacy), padding="x" * (pad + extra))
@@ -132,7 +138,7 @@ def test_the_config_records_count_together_and_the_largest_are_named() -> None:
     assert isinstance(parse_train_reply(reply(0)), ClientUpdate)
     refused = parse_train_reply(reply(1))
     assert isinstance(refused, Rejected)
-    sizes = {k: p.config_bytes(r) for k, r in reply(1).content.config_records.items()}
+    sizes = {k: len(k) + p.config_bytes(r) for k, r in reply(1).content.config_records.items()}
     assert sum(sizes.values()) == CAP + 1 and max(sizes.values()) < CAP
     first, second = sorted(sizes, key=lambda k: -sizes[k])
     assert f"(`{first}` {sizes[first]} bytes, `{second}` {sizes[second]} bytes)" in refused.reason
@@ -143,7 +149,7 @@ def test_an_evaluation_reply_over_the_cap_is_refused() -> None:
     instruction.metadata.__dict__["_message_id"] = "e4"
 
     def reply(name_bytes: int) -> Message:
-        name = "a" * (name_bytes - len(p.NODE_NAME))
+        name = "a" * (name_bytes - len(p.ADAPTER) - len(p.NODE_NAME))
         content = RecordDict({
             p.METRICS: MetricRecord({p.EVAL_LOSS: 1.0, p.NUM_EXAMPLES: 5}),
             p.ADAPTER: ConfigRecord({p.NODE_NAME: name}),
@@ -178,3 +184,11 @@ def test_a_reply_name_that_is_not_a_string_is_not_rendered() -> None:
     msg = _message(_llama_modules(1))
     msg.content.config_records[p.ADAPTER][p.NODE_NAME] = ["a", "b"]
     assert replies._name(msg) == ""
+
+
+def test_many_empty_records_count_by_their_names() -> None:
+    """A reply of many empty config records is as large as their names."""
+    at_cap = {f"{i:08d}": ConfigRecord() for i in range(CAP // 8)}  # 8 bytes a name
+    assert p.config_problem(at_cap) is None
+    over = {**at_cap, "x": ConfigRecord()}
+    assert f"hold {CAP + 1} bytes" in (p.config_problem(over) or "")
