@@ -5,15 +5,15 @@ Flower 1.39 keeps the SuperLink's state (runs, messages, tasks, nonces) and its 
 (every array of every message, one row per object) in one SQLite file, through SQLAlchemy
 (``flwr/supercore/sql_mixin.py``). Each connection gets ``journal_mode=WAL`` (readers never wait
 for the writer) and ``busy_timeout=5000`` (``flwr.supercore.constant.SQLITE_PRAGMAS``). SQLite
-allows one writer at a time, and Flower holds the write lock for a whole message:
-``store_message_and_object_tree`` preregisters every object of the message's tree in one
-transaction (a row, the children's rows and their reference counts per object). A LoRA reply
-has two objects per array (the array and its chunk): on SmolLM2-135M's shape with all linear
-layers, 420 arrays and 842 objects, 1.3 s of one transaction on a loaded 2-core machine (2522
-objects: 4.1 s). Two nodes replying at once, the ServerApp pulling, and a busy CPU add up to
-more than 5 s; every other write then fails with ``database is locked`` and the Runtime API
-answers 500 — which Flower's clients do not retry: the SuperExec exits, the run's ServerApp
-fails, the federation stops.
+allows one writer at a time, and Flower holds the write lock for a message's whole object tree:
+storing it (``preregister``: a row, the children's rows and their reference counts per object)
+or deleting it once delivered. A message carrying the global adapter of SmolLM2-135M's shape
+(LoRA on all linear layers: 420 arrays, 842 objects, two per array) is 1268 to 3380 writes in one
+transaction, measured at 0.7 to 2.4 s on a 2-core machine at load 5 to 6 (preregistering 842 objects
+alone: 1.3 s; 2522 objects: 4.1 s). Writes queue behind such transactions; under heavier load
+the queue passed 5 s, every waiting write failed with ``database is locked`` and the Runtime
+API answered 500 — which Flower's clients do not retry: the SuperExec exited, the run's
+ServerApp failed, the federation stopped.
 
 :func:`wait_for_locks` lets every SQLite connection of this process wait :data:`BUSY_TIMEOUT_S`
 for the lock. It is installed in ``server.operator.superlink_main`` before Flower builds its
