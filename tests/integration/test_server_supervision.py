@@ -1,5 +1,5 @@
 """``fedlora server start`` outlives its SuperExec: real processes (the SuperLink, Flower's
-SuperExec), no nodes. About 30 s on a shared 2-core machine.
+SuperExec, a run's ServerApp), no nodes. About 30 s on a shared 2-core machine.
 
 Flower's SuperExec exits on a Runtime API error it does not retry (a 500 from the SuperLink,
 e.g. ``database is locked``); before, ``server start`` then stopped the whole federation.
@@ -8,13 +8,14 @@ e.g. ``database is locked``); before, ``server start`` then stopped the whole fe
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.deploy_harness import Daemons, Federation, fedlora, free_ports, wait_for
+from tests.deploy_harness import FEDLORA, Daemons, Federation, env, fedlora, free_ports, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,45 +35,57 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
         daemons.stop_all(force=True)
 
 
-def _superexecs(server_pid: int) -> list[psutil.Process]:
+def _under(server_pid: int, program: str) -> list[psutil.Process]:
+    """The live processes under ``server start`` running ``program``."""
     found = []
     for proc in psutil.Process(server_pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if proc.status() != psutil.STATUS_ZOMBIE and any(
-                part.endswith("flower-superexec") for part in proc.cmdline()
+                part.endswith(program) for part in proc.cmdline()
             ):
                 found.append(proc)
     return found
 
 
-def test_a_superexec_that_dies_is_started_again_and_serves(federation: Federation) -> None:
-    server = federation.daemons.procs["server"]
-    wait_for(lambda: len(_superexecs(server.pid)) == 1, 60, "the SuperExec")
-    (first,) = _superexecs(server.pid)
+@contextlib.contextmanager
+def _run(federation: Federation) -> Iterator[subprocess.Popen[str]]:
+    """``fedlora run`` of one round in the background (it waits for nodes that never come)."""
+    argv = [str(FEDLORA), "run", "--dir", str(federation.fed), "--rounds", "1",
+            "--config", "node-wait-s=600"]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
-    first.kill()  # as Flower's SuperExec exits on a 500: abruptly, with the server still up
-    first.wait(timeout=30)
+
+def test_a_superexec_that_dies_is_started_again_and_launches_runs(
+    federation: Federation,
+) -> None:
+    server = federation.daemons.procs["server"]
+    with _run(federation) as in_flight:
+        wait_for(lambda: len(_under(server.pid, "flwr-serverapp")) == 1, 120, "the ServerApp")
+        (app,) = _under(server.pid, "flwr-serverapp")
+        (first,) = _under(server.pid, "flower-superexec")
+        first.kill()  # as Flower's SuperExec exits on a 500: abruptly, the server still up
+        # The run in flight loses its ServerApp (it follows its SuperExec): it ends failed.
+        output, _ = in_flight.communicate(timeout=120)
+        assert in_flight.returncode == 1
+        assert "finished:failed" in output, output
 
     def restarted() -> bool:
-        found = _superexecs(server.pid)
+        found = _under(server.pid, "flower-superexec")
         return len(found) == 1 and found[0].pid != first.pid
 
     wait_for(restarted, 60, "a new SuperExec")
-    (second,) = _superexecs(server.pid)
-    control_port = federation.ports[1]
-
-    def connected() -> bool:  # polling the SuperLink's Runtime API for runs (keep-alive)
-        with contextlib.suppress(psutil.Error):
-            links = second.net_connections()
-            return any(c.status == psutil.CONN_ESTABLISHED and c.raddr
-                       and c.raddr.port == control_port for c in links)  # fmt: skip
-        return False
-
-    wait_for(connected, 60, "the new SuperExec's connection to the Runtime API")
-    assert server.poll() is None, federation.daemons.log("server")
-    assert second.is_running()
     log = federation.daemons.log("server")
     assert "SuperExec (runs' launcher) exited (code -9" in log
     assert "starting a new one in 1 s" in log
-    nodes = fedlora("server", "nodes", "--dir", federation.fed)  # the Control API answers
-    assert nodes.returncode == 0 and "online status unknown" not in nodes.stdout, nodes.stdout
+    app.wait(timeout=60)
+    with _run(federation):  # the new SuperExec launches the next run
+        wait_for(lambda: len(_under(server.pid, "flwr-serverapp")) == 1, 120, "a new ServerApp")
+        assert _under(server.pid, "flwr-serverapp")[0].pid != app.pid
+    assert server.poll() is None, federation.daemons.log("server")
