@@ -70,6 +70,16 @@ def overhead(lines: list[tuple[int, str, float, dict[str, float]]]) -> tuple[flo
     return spent, trained
 
 
+def overhead_by_round(lines: list[tuple[int, str, float, dict[str, float]]]) -> dict[int, float]:
+    """Node overhead / training time of each round >= 1 (all nodes' messages of the round)."""
+    rounds = sorted({rnd for rnd, *_ in lines if rnd >= 1})
+    found = {}
+    for rnd in rounds:
+        spent, trained = overhead([line for line in lines if line[0] == rnd])
+        found[rnd] = spent / trained if trained else math.nan
+    return found
+
+
 def per_round(records: list[dict[str, object]]) -> float:
     """Seconds per round from metrics.jsonl's ``elapsed_s``: round 0's end to the last's."""
     elapsed = [float(r["elapsed_s"]) for r in records]  # type: ignore[arg-type]
@@ -165,9 +175,11 @@ def _overhead_figure(name: str, lines: list, goal: str = "") -> Figure:
     spent, trained = overhead(lines)
     first = [s - split.get("eval", 0.0) for r, _, s, split in lines if r == 0]
     steady = [s for r, _, s, _ in lines if r >= 1]
+    each = ", ".join(f"{v:.3f}" for v in overhead_by_round(lines).values())
     return Figure("deploy", f"{name}: node overhead / training time", spent / trained, "", goal,
                   f"{spent / len(steady):.2f} s per message against {trained / 3 / len(NODES):.1f} "
-                  f"s training per node-round; round 0 (load): {max(first):.1f} s")  # fmt: skip
+                  f"s training per node-round; rounds 1-3: {each}; round 0 (load): "
+                  f"{max(first):.1f} s")  # fmt: skip
 
 
 def rss_figure(fed: Federation, *, rounds: int = 20) -> Figure:

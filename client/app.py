@@ -98,6 +98,8 @@ def _prepare(msg: Message, context: Context, *, merge: bool = True) -> _Job:
                          "run different fedlora versions")  # fmt: skip
     config = TrainConfig.from_config(dict(content.config_records[p.CONFIG]))
     device = pick_device(settings.device)
+    # node-mode `continue` trains the global factors instead (client/model/node_mode.py)
+    arrays = p.from_record(content.array_records[p.ARRAYS]) if merge else None
     model, tokenizer = base_cache.checkout(  # kept across messages; restored after each one
         settings.base_model,
         device=device,
@@ -105,9 +107,8 @@ def _prepare(msg: Message, context: Context, *, merge: bool = True) -> _Job:
         gradient_checkpointing=settings.gradient_checkpointing,
         quantization=settings.quantization,
         spread=settings.device == "auto",
+        global_adapter=arrays,  # merged as peft merges it, or kept beside low-precision weights
     )
-    if merge:  # node-mode `continue` trains the global factors instead (client/model/node_mode.py)
-        base_cache.apply_global(model, p.from_record(content.array_records[p.ARRAYS]))
     return _Job(settings, config, model, tokenizer)
 
 

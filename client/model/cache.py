@@ -10,8 +10,12 @@ for a folder, its files' sizes and times), the device and the dtype. The cache o
   fp32 weights exactly as peft merges it (the weights it touches are copied first), or kept beside
   them as a frozen fp32 adapter in low precision (see below);
 - when the message ends, :func:`release` restores the base model — peft's layers and attributes
-  removed, the global adapter's hooks removed, merged weights copied back, flags as after a fresh
-  load — and returns it to the cache; if anything fails on the way the entry is dropped.
+  removed, the global adapter's hooks removed, flags as after a fresh load — and returns it to
+  the cache; if anything fails on the way the entry is dropped. The global adapter a checkout
+  merged stays merged, recorded by its digest: the next checkout with the same adapter (the
+  evaluate message of one round and the train message of the next carry the same) uses it as
+  is, any other copies the loaded weights back first. Anything merged on top with
+  :func:`apply_global` is copied back at release.
 
 In bf16/fp16 the global update is not merged: ``B_g·A_g`` is far below the weights' rounding step
 and merging would lose much of it. Each targeted layer instead gets a forward hook adding
@@ -25,6 +29,7 @@ over several GPUs, where a merge's saved copies of the weights would not fit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Mapping
@@ -72,6 +77,12 @@ class _Entry:
     tokenizer: PreTrainedTokenizerBase
     saved: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> weight before merge
     hooks: list[RemovableHandle] = field(default_factory=list)
+    # What the weights hold beyond the loaded ones: None (nothing), the digest of the global
+    # adapter `checkout` merged (kept across messages while it stays the same), or _DIRTY.
+    merged: str | None = None
+
+
+_DIRTY = "dirty"  # merged by `apply_global` on top: copied back at release
 
 
 _lock = threading.Lock()
@@ -116,9 +127,17 @@ def checkout(
     gradient_checkpointing: bool,
     quantization: str = "none",
     spread: bool = False,
+    global_adapter: Mapping[str, NDArray[np.floating]] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The base model for this message: the cached one if its key matches, else a fresh load
-    (``quantization`` and ``spread``: see ``client.model.loading.load_base``).
+    (``quantization`` and ``spread``: see ``client.model.loading.load_base``), with
+    ``global_adapter`` applied as :func:`apply_global` applies it.
+
+    A global adapter merged into fp32 weights stays merged in the cache after the message; the
+    next checkout with the same adapter (same names, shapes and bytes: the evaluate message of
+    round r and the train message of round r+1 carry the same one) skips the merge, any other
+    checkout copies the loaded weights back first. The weights are bitwise those of a fresh
+    merge either way.
 
     Call :func:`release` when the message ends (the ClientApp does, whatever happens).
     """
@@ -131,10 +150,28 @@ def checkout(
             model, tokenizer = load_base(base_model, device=device, dtype=dtype,
                                          quantization=quantization, spread=spread)  # fmt: skip
         entry = _Entry(key, model, tokenizer)
+    wanted = digest(global_adapter) if global_adapter else None
+    if entry.merged is not None and entry.merged != wanted:
+        _unmerge(entry)
     if gradient_checkpointing:
         _set_checkpointing(entry.model, enabled=True)
     _leases().append(entry)
+    if global_adapter and entry.merged != wanted:
+        with phases.phase("apply"):
+            entry.merged = _DIRTY  # until the merge is complete
+            merged = _apply_global(entry, entry.model, global_adapter)
+            entry.merged = wanted if merged else None
     return entry.model, entry.tokenizer
+
+
+def digest(arrays: Mapping[str, NDArray[np.floating]]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``arrays`` (in name order)."""
+    hasher = hashlib.sha256()
+    for key in sorted(arrays):
+        value = np.ascontiguousarray(arrays[key])
+        hasher.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
+        hasher.update(value.data)
+    return hasher.hexdigest()
 
 
 def _entry_of(model: torch.nn.Module) -> _Entry:
@@ -148,12 +185,15 @@ def apply_global(model: PreTrainedModel, arrays: Mapping[str, NDArray[np.floatin
     """Apply the global adapter ``(B_g, A_g)`` (scaling 1): merged into fp32 weights, else
     a frozen fp32 adapter beside the weights (module doc)."""
     with phases.phase("apply"):
-        _apply_global(_entry_of(model), model, arrays)
+        entry = _entry_of(model)
+        if _apply_global(entry, model, arrays) or entry.merged is not None:
+            entry.merged = _DIRTY
 
 
 def _apply_global(
     entry: _Entry, model: PreTrainedModel, arrays: Mapping[str, NDArray[np.floating]]
-) -> None:
+) -> bool:
+    """Apply ``arrays``; True if they were merged into the weights, False if hooked beside."""
     pairs: dict[str, dict[str, NDArray[np.floating]]] = {}
     for key, value in arrays.items():
         pairs.setdefault(module_name(key), {})[key] = value
@@ -170,6 +210,7 @@ def _apply_global(
             _merge(entry, name, layer, padded_state_dict(factors, rank), conv1d=conv1d)
         else:
             entry.hooks.append(_add_hook(layer, factors))
+    return exact and bool(pairs)
 
 
 def _beside(model: PreTrainedModel) -> bool:
@@ -200,9 +241,9 @@ def _merge(
         entry.saved[name] = weight.detach().clone()
     a = _factor(padded, A_SUFFIX).to(weight.device)  # (R, in)
     b = _factor(padded, B_SUFFIX).to(weight.device)  # (out, R)
-    delta = b @ a  # (out, in)
+    delta = b @ a  # (out, in); peft then scales by 1.0, which is exact: left out
     with torch.no_grad():
-        weight.data += (delta.T if conv1d else delta) * 1.0
+        weight.data += delta.T if conv1d else delta
 
 
 def _weight(layer: torch.nn.Module) -> torch.Tensor:
@@ -256,6 +297,15 @@ def release() -> None:
                 _idle[entry.key] = entry
 
 
+def _unmerge(entry: _Entry) -> None:
+    """Copy the loaded weights back over every merged one (the copies stay for the next merge)."""
+    entry.merged = _DIRTY  # until every weight is back
+    with torch.no_grad():
+        for name, weight in entry.saved.items():
+            _weight(entry.model.get_submodule(name)).data.copy_(weight)
+    entry.merged = None
+
+
 def _restore(entry: _Entry) -> None:
     model = entry.model
     for handle in entry.hooks:
@@ -266,9 +316,8 @@ def _restore(entry: _Entry) -> None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.get_base_layer())
     model.__dict__.pop("peft_config", None)
-    with torch.no_grad():
-        for name, weight in entry.saved.items():
-            _weight(model.get_submodule(name)).data.copy_(weight)  # copies kept for next merge
+    if entry.merged == _DIRTY:
+        _unmerge(entry)
     if model.supports_gradient_checkpointing:
         _set_checkpointing(model, enabled=False)
     if getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"):

@@ -1,8 +1,9 @@
 """The operator's commands: start the aggregation server, invite, list and revoke nodes.
 
 ``server start`` runs Flower 1.39's SuperLink (TLS, node authentication, persistent state in
-FED) as a child in its own process group, and the enrollment service beside it in this
-process, until SIGINT/SIGTERM; on the way out every child is ended.
+FED) as a child in its own process group, Flower's SuperExec beside it (started again whenever
+it exits: ``server.operator.restarts``), and the enrollment service in this process, until
+SIGINT/SIGTERM or the SuperLink's exit; on the way out every child is ended.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from server.operator.flower_control import (
     register_node,
     unregister_node,
 )
+from server.operator.restarts import Restarting
 from server.operator.roster import invitation_lines, node_lines, reconcile
 
 Echo = Callable[[str], None]
@@ -141,11 +143,10 @@ def _wait_ready(
             time.sleep(0.3)
 
 
-def _died(fed: FederationDir, daemon: str = "superlink") -> str:
-    log = fed.logs / f"{daemon}.log"
+def _died(fed: FederationDir) -> str:
+    log = fed.logs / "superlink.log"
     tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
-    who = "the SuperLink" if daemon == "superlink" else "Flower's SuperExec (runs' launcher)"
-    return f"{who} exited:\n  " + "\n  ".join(tail) + f"\n(full log: {log})"
+    return "the SuperLink exited:\n  " + "\n  ".join(tail) + f"\n(full log: {log})"
 
 
 def _enrollment_logging(fed: FederationDir) -> None:
@@ -202,15 +203,18 @@ def _serve(
     superlink = spawn(
         superlink_argv(fed, config, options.bind), env=env, log_path=fed.logs / "superlink.log"
     )
-    superexec, enrollment = None, None
+    superexec = Restarting(
+        "Flower's SuperExec (runs' launcher)",
+        superexec_argv(fed, config, superlink.pid),
+        env,
+        fed.logs / "superexec.log",
+        echo,
+    )
+    enrollment = None
     stops: list[Callable[[], None]] = []
     try:
         _wait_ready(fed, config, lambda: superlink.poll() is None)
-        superexec = spawn(
-            superexec_argv(fed, config, superlink.pid),
-            env=env,
-            log_path=fed.logs / "superexec.log",
-        )
+        superexec.check()
         pki = fed.pki
         tls = (
             None if config.insecure else (pki.server_cert.read_bytes(), pki.server_key.read_bytes())
@@ -224,10 +228,10 @@ def _serve(
         enrollment = serve(servicer, address=f"{options.bind}:{config.enroll_port}", tls=tls)
         stops.extend(start() for start in services)
         _announce(fed.root, config, echo)
-        while superlink.poll() is None and superexec.poll() is None:
+        while superlink.poll() is None:
+            superexec.check()
             time.sleep(0.5)
-        daemon = "superlink" if superlink.poll() is not None else "superexec"
-        echo(f"[fedlora] error: {_died(fed, daemon)}")
+        echo(f"[fedlora] error: {_died(fed)}")
         return 1
     except StopRequested as sig:
         echo(f"[fedlora] {sig}: stopping the server")
@@ -238,8 +242,7 @@ def _serve(
         if enrollment is not None:
             enrollment.stop(grace=2.0)
             servicer.report(servicer.limiter.flush(every=True))
-        if superexec is not None:
-            stop(superexec)
+        superexec.stop()
         stop(superlink)
 
 

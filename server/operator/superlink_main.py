@@ -4,8 +4,9 @@ its HTTP app.
 
 It does what ``flower-superlink`` does (parse the same arguments, build the same FastAPI app
 with Flower's own lifespan, serve it with uvicorn on ``--host``/``--port``), and wraps the app
-before serving it, so there is no unguarded port at any moment. Checked against the installed
-``flwr/superlink/cli/flower_superlink.py`` (``flower_superlink`` and
+before serving it, so there is no unguarded port at any moment. Before Flower opens its state,
+its SQLite writes are set to wait for the lock (``server.operator.state_db``). Checked against
+the installed ``flwr/superlink/cli/flower_superlink.py`` (``flower_superlink`` and
 ``_run_superlink_http_api``); flwr is pinned to 1.39.
 """
 
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from server.operator.control_guard import OperatorOnly, read_secret, token_digest
+from server.operator.state_db import wait_for_locks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     # The module (the package re-exports its function under the same name).
     flower = importlib.import_module("flwr.superlink.cli.flower_superlink")
 
+    wait_for_locks()  # before the lifespan opens FED/flower/state.db
     sys.argv = ["flower-superlink", *flower_args]
     config = flower._parse_superlink_lifespan_config()
     app = create_app(config, flower.SuperLinkLifespan)

@@ -107,3 +107,63 @@ def test_unknown_module_is_a_clear_error(embedded_dir: Path) -> None:
     with pytest.raises(ValueError, match="different base models"):
         base_cache.apply_global(model, bad)
     base_cache.release()
+
+
+def kept_message(model_dir: str, arrays: dict[str, NDArray] | None) -> torch.Tensor:
+    """One message as the ClientApp runs it: the global adapter given to ``checkout``."""
+    model, _ = base_cache.checkout(model_dir, device=CPU, dtype=torch.float32,
+                                   gradient_checkpointing=False, global_adapter=arrays)  # fmt: skip
+    try:
+        with torch.no_grad():
+            return model(input_ids=IDS).logits
+    finally:
+        base_cache.release()
+
+
+def assert_loaded_weights(model_dir: str) -> None:
+    fresh, _ = load_base(model_dir, device=CPU)
+    cached = next(iter(base_cache._idle.values())).model
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(cached.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("fixture", ["embedded_dir", "tiny_gpt2_dir"])
+def test_the_same_global_adapter_stays_merged_between_messages(
+    fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = str(request.getfixturevalue(fixture))
+    first, second = (global_adapter(model_dir, rank=r, scale=0.05, seed=r) for r in (8, 12))
+    merges: list[str] = []
+    real_merge = base_cache._merge
+    monkeypatch.setattr(base_cache, "_merge", lambda e, name, *a, **k: merges.append(name)
+                        or real_merge(e, name, *a, **k))  # fmt: skip
+    assert torch.equal(kept_message(model_dir, first), fresh_logits(model_dir, first))
+    modules = len(merges)
+    assert modules > 0
+    # evaluate of round r, then train of round r+1: the same adapter, the same bytes
+    again = {k: v.copy() for k, v in first.items()}
+    assert torch.equal(kept_message(model_dir, again), fresh_logits(model_dir, first))
+    assert len(merges) == modules  # not merged again
+    assert torch.equal(kept_message(model_dir, second), fresh_logits(model_dir, second))
+    assert len(merges) == 2 * modules
+    changed = {k: v.copy() for k, v in second.items()}
+    key = next(iter(changed))
+    changed[key][0, 0] += 1e-3  # one value differs: merged afresh
+    assert torch.equal(kept_message(model_dir, changed), fresh_logits(model_dir, changed))
+    assert len(merges) == 3 * modules
+    kept_message(model_dir, None)  # a message without the global adapter: the loaded weights
+    assert_loaded_weights(model_dir)
+
+
+def test_a_failed_merge_leaves_the_loaded_weights(embedded_dir: Path) -> None:
+    model_dir = str(embedded_dir)
+    kept_message(model_dir, global_adapter(model_dir, rank=4, scale=0.1, seed=0))
+    good = global_adapter(model_dir, rank=4, scale=0.1, seed=1)
+    bad = {**good, "model.layers.9.q_proj.lora_A.weight": np.zeros((4, 4), np.float32),
+           "model.layers.9.q_proj.lora_B.weight": np.zeros((4, 4), np.float32)}  # fmt: skip
+    with pytest.raises(ValueError, match="different base models"):
+        base_cache.checkout(model_dir, device=CPU, dtype=torch.float32,
+                            gradient_checkpointing=False, global_adapter=bad)  # fmt: skip
+    base_cache.release()  # as the ClientApp does when a handler raises
+    assert_loaded_weights(model_dir)
+    assert base_cache.digest(good) != base_cache.digest(bad)

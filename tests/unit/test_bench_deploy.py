@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.deploy import message_lines, overhead, per_round
+from bench.deploy import message_lines, overhead, overhead_by_round, per_round
 
 LOG = """INFO :      Received successfully
 [fedlora] round 0 evaluate: 1.64 s (load 0.23, apply 0.00, eval 1.41, other 0.00)
@@ -30,3 +30,9 @@ def test_overhead_leaves_out_training_scoring_and_round_0() -> None:
 def test_seconds_per_round_from_elapsed() -> None:
     records = [{"elapsed_s": 5.0}, {"elapsed_s": 15.0}, {"elapsed_s": 20.0}, {"elapsed_s": 35.0}]
     assert per_round(records) == pytest.approx(10.0)
+
+
+def test_overhead_per_round() -> None:
+    log = LOG + "[fedlora] round 2 train: 5.0 s (load 0.00, apply 0.50, train 4.00, other 0.50)\n"
+    by_round = overhead_by_round(message_lines(log))
+    assert by_round == pytest.approx({1: (0.18 + 0.10) / 9.0, 2: (3.0 + 1.0) / 4.0})
