@@ -6,7 +6,6 @@ Torch-free: the ClientApp and the node CLI both build these before anything heav
 from __future__ import annotations
 
 import importlib.util
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +16,6 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # node setting `quantization`: the base model through bitsandbytes (client/model/quantization.py)
 QUANTIZATIONS = ("none", "nf4", "int8")
-# run-config `proximal-mu` > 0 under privacy dp-sgd: refused by the server and by the node
-PROXIMAL_DP_SGD = (
-    "`proximal-mu` is {mu} with privacy dp-sgd: opacus replaces each step's gradient by the "
-    "clipped, noised per-sample gradients, so the proximal term's gradient would be dropped "
-    "unseen; set proximal-mu=0, or use privacy dp-lora (it clips and noises the trained change, "
-    "proximal term included)"
-)
 
 
 @dataclass(frozen=True)
@@ -177,8 +169,6 @@ class TrainConfig:
     max_length: int = 128
     seed: int = 0
     server_round: int = 0
-    # FedProx's μ: (μ/2)·‖θ - θ₀‖² on the shared LoRA, θ₀ where the round started (0: none)
-    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -191,9 +181,6 @@ class TrainConfig:
                 problems.append(f"`{key}` is {value}: use an integer >= 1")
         if not (0 < self.learning_rate < 1):
             problems.append(f"`learning-rate` is {self.learning_rate}: use a value in (0, 1)")
-        if not (self.proximal_mu >= 0 and math.isfinite(self.proximal_mu)):  # NaN fails too
-            problems.append(f"`proximal-mu` is {self.proximal_mu}: use a finite number >= 0 "
-                            "(0: no proximal term)")  # fmt: skip
         if problems:
             raise SettingsError(problems)
 
@@ -205,7 +192,6 @@ class TrainConfig:
             "max-length": self.max_length,
             "seed": self.seed,
             "server-round": self.server_round,
-            "proximal-mu": self.proximal_mu,
         }
 
     @classmethod
@@ -217,6 +203,5 @@ class TrainConfig:
             if value is not None:
                 ints[key.replace("-", "_")] = value
         lr = read.get("learning-rate", float, default=cls.learning_rate)
-        mu = read.get("proximal-mu", float, default=cls.proximal_mu)
         read.raise_problems()
-        return cls(learning_rate=lr, proximal_mu=mu, **ints)
+        return cls(learning_rate=lr, **ints)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from client.model.personal import PERSONAL
 from client.settings import TrainConfig
 
 IGNORE = -100
@@ -93,18 +92,12 @@ def train_local(
     seed: int,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train the model's trainable (LoRA) parameters with AdamW for ``config.local_steps``.
-
-    With ``config.proximal_mu`` μ > 0 each step's loss gains FedProx's proximal term
-    (μ/2)·‖θ - θ₀‖² over the shared LoRA's trainable parameters (:func:`proximal_anchor`),
-    θ₀ their values when this call starts (the node's start this round).
-    """
+    """Train the model's trainable (LoRA) parameters with AdamW for ``config.local_steps``."""
     if not rows:
         raise ValueError("the node has no training examples: add records to train.jsonl")
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    anchor = proximal_anchor(model) if config.proximal_mu > 0 else []
     model.train()
     start = time.perf_counter()
     losses = []
@@ -115,11 +108,10 @@ def train_local(
         batch = collate(picked, pad_id=pad_id, device=device)
         loss_sum, count = token_loss_sum(model, batch)
         loss = loss_sum / max(count, 1)
-        objective = loss + proximal_term(anchor, mu=config.proximal_mu) if anchor else loss
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()  # type: ignore[no-untyped-call]
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-        losses.append(float(loss.detach()))  # the data loss, comparable across μ
+        losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(len(losses) - 1)
     return TrainResult(
@@ -129,36 +121,6 @@ def train_local(
         loss_mean=sum(losses) / len(losses),
         seconds=time.perf_counter() - start,
     )
-
-
-def proximal_anchor(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-    """The shared LoRA's trainable parameters, each with a detached copy of its value now.
-
-    The private LoRA of node setting ``personal`` (client/model/personal.py, peft adapter
-    ``personal``) is the node's own and is not anchored; frozen parameters (the base model, a
-    frozen A) have no gradient to correct.
-    """
-    return [
-        (param, param.detach().clone())
-        for name, param in model.named_parameters()
-        if param.requires_grad and "lora_" in name and f".{PERSONAL}." not in name
-    ]
-
-
-def proximal_term(
-    anchor: Sequence[tuple[torch.nn.Parameter, torch.Tensor]], *, mu: float
-) -> torch.Tensor:
-    """FedProx's (μ/2)·Σ‖θ - θ₀‖² over ``anchor``; its gradient is μ(θ - θ₀).
-
-    Parameters
-    ----------
-    anchor
-        Pairs (θ, θ₀) from :func:`proximal_anchor`.
-    mu
-        The weight μ >= 0 (run-config ``proximal-mu``).
-    """
-    squares = [(p - p0).pow(2).sum() for p, p0 in anchor]
-    return 0.5 * mu * torch.stack(squares).sum() if squares else torch.zeros(())
 
 
 @torch.no_grad()

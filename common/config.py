@@ -25,8 +25,6 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "batch-size": 8,
     "learning-rate": 0.003,
     "max-length": 128,
-    # FedProx's μ on the node's shared LoRA (client/training.py; docs/federation-value.md); 0: none.
-    "proximal-mu": 0.0,
     "max-global-rank": 64,
     "recompress-tol": 0.0,
     # Step along the nodes' mean update (flora, flexlora, ffa); 1: plain average

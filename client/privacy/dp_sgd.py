@@ -34,9 +34,8 @@ from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
 from client.privacy.noise import SecureRandom
-from client.settings import PROXIMAL_DP_SGD, TrainConfig
+from client.settings import TrainConfig
 from client.training import IGNORE, Batch, TrainResult, collate
-from common.config import SettingsError
 
 
 class CheckpointSafeGradSampleModule(GradSampleModule):  # type: ignore[misc]
@@ -119,8 +118,6 @@ def train_dp_sgd(
     """
     if not rows:
         raise ValueError("the node has no training examples: add records to train.jsonl")
-    if config.proximal_mu > 0:  # opacus sets p.grad from the per-sample grads: μ(θ - θ₀) is lost
-        raise SettingsError([PROXIMAL_DP_SGD.format(mu=config.proximal_mu)])
     device = next(model.parameters()).device
     source = _source(seed)
     gsm = CheckpointSafeGradSampleModule(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.privacy.settings import PrivacySettings, run_privacy
-from client.settings import PROXIMAL_DP_SGD, TrainConfig, parse_ranks
+from client.settings import TrainConfig, parse_ranks
 from common.config import DEFAULT_RUN_CONFIG, ConfigReader, ConfigValue, SettingsError
 from server.run.checkpoint import CHECKPOINT_FILE
 from strategies.flower.rounds import RoundPolicy
@@ -70,7 +70,6 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
         learning_rate=r.get("learning-rate", float, "use a number in (0, 1)"),
         max_length=r.get("max-length", int, "use an integer >= 1"),
         seed=seed,
-        proximal_mu=r.get("proximal-mu", float, "use a finite number >= 0"),
     )
     federation = r.build(
         Federation,
@@ -114,8 +113,6 @@ def server_settings(run_config: Mapping[str, ConfigValue]) -> ServerSettings:
             "empty in simulation"
         )
     privacy = r.build(run_privacy, run_config=r.config) or PrivacySettings()
-    if train is not None and train.proximal_mu > 0 and privacy.mode == "dp-sgd":
-        r.problems.append(PROXIMAL_DP_SGD.format(mu=train.proximal_mu))
     r.raise_problems()
     assert train is not None and federation is not None and aggregation is not None
     assert limits is not None and policy is not None

@@ -98,35 +98,3 @@ def test_cli_overrides_parse_toml_values() -> None:
         parse_override("steps=10")
     with pytest.raises(argparse.ArgumentTypeError, match="key=value"):
         parse_override("local-steps")
-
-
-def test_proximal_mu_reaches_the_nodes_train_config() -> None:
-    settings = server_settings({"proximal-mu": 0.01})
-    assert settings.train.proximal_mu == 0.01
-    assert TrainConfig.from_config(settings.train.to_config()).proximal_mu == 0.01
-    assert server_settings({}).train.proximal_mu == 0.0  # default: no proximal term
-    assert TrainConfig.from_config({}).proximal_mu == 0.0  # an older server's instruction
-
-
-@pytest.mark.parametrize(
-    ("value", "shown"), [(-0.1, "-0.1"), (float("nan"), "nan"), (float("inf"), "inf")]
-)
-def test_proximal_mu_must_be_finite_and_not_negative(value: float, shown: str) -> None:
-    with pytest.raises(SettingsError) as info:
-        server_settings({"proximal-mu": value})
-    [only] = info.value.problems
-    assert only == f"`proximal-mu` is {shown}: use a finite number >= 0 (0: no proximal term)"
-    with pytest.raises(SettingsError, match="`proximal-mu`"):  # the node checks it too
-        TrainConfig.from_config({"proximal-mu": value})
-    with pytest.raises(SettingsError, match=r"`proximal-mu` is 'strong': use a number"):
-        TrainConfig.from_config({"proximal-mu": "strong"})
-
-
-def test_proximal_mu_under_dp_sgd_is_refused_and_allowed_under_dp_lora() -> None:
-    dp = {"dp-noise-multiplier": 1.0, "proximal-mu": 0.1}
-    with pytest.raises(SettingsError) as info:
-        server_settings({"privacy": "dp-sgd", **dp})
-    [only] = info.value.problems
-    assert only.startswith("`proximal-mu` is 0.1 with privacy dp-sgd:")
-    assert "set proximal-mu=0, or use privacy dp-lora" in only
-    assert server_settings({"privacy": "dp-lora", **dp}).train.proximal_mu == 0.1
