@@ -57,8 +57,13 @@ class Arm:
     setting: str = "het"
     strategy: str | None = None  # the strategy of a federated or personalized arm
     config: Mapping[str, ConfigValue] = field(default_factory=dict)
+    # Each round's `local-steps` run as this many rounds of `local-steps` / split steps: the
+    # same steps per node, `split` times the rounds (docs/federation-value.md)
+    split: int = 1
 
     def __post_init__(self) -> None:
+        if self.split < 1:
+            raise ValueError(f"arm `split` is {self.split}: use an integer >= 1")
         if self.kind not in KINDS:
             raise ValueError(f"arm `kind` is {self.kind!r}: use one of {', '.join(KINDS)}")
         if (self.strategy is None) != (self.kind in REFERENCES):
@@ -120,7 +125,10 @@ def default_arms(settings: Sequence[str] = ("het", "r8", "scarce", "dp")) -> lis
         elif name == "scarce":
             momentum = Arm("flora β=0.5 [scarce]", "federated", "scarce", "flora",
                            {"server-momentum": 0.5})  # fmt: skip
-            arms += _federated("scarce", "flora", "flora-fresh", "flexlora", extra=[momentum])
+            split = Arm("flora β=0.5 ×4 rounds [scarce]", "federated", "scarce", "flora",
+                        {"server-momentum": 0.5}, split=4)  # fmt: skip
+            arms += _federated("scarce", "flora", "flora-fresh", "flexlora",
+                               extra=[momentum, split])  # fmt: skip
         elif name == "dp":
             lora = {"privacy": "dp-lora"}
             arms += _federated("dp", "flora", "flexlora", extra=[
@@ -171,4 +179,12 @@ def run_config(
     config.update(extra or {})
     if arm.strategy is not None:
         config["strategy"] = arm.strategy
-    return {**config, **{k: v for k, v in arm.config.items() if k != "personal"}}
+    config.update({k: v for k, v in arm.config.items() if k != "personal"})
+    if arm.split > 1:
+        steps = int(config["local-steps"])
+        if steps % arm.split:
+            raise ValueError(f"`local-steps` is {steps}: arm {arm.label!r} splits each round "
+                             f"into {arm.split}; use a multiple of {arm.split}")  # fmt: skip
+        config["local-steps"] = steps // arm.split
+        config["num-server-rounds"] = int(config["num-server-rounds"]) * arm.split
+    return config

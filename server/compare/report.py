@@ -121,10 +121,11 @@ def plot_curves(results: Sequence[ArmResult], path: Path) -> None:
         for r in rows:
             style = "-" if r.arm.strategy is not None else "--"
             label = r.arm.label.rsplit(" [", 1)[0]
-            ax.plot(range(len(r.curve)), r.curve, style, marker=".", label=label,
+            rounds = [t / r.arm.split for t in range(len(r.curve))]  # in unsplit rounds
+            ax.plot(rounds, r.curve, style, marker=".", label=label,
                     color=colors[label])  # fmt: skip
         ax.set_title(f"{setting}: {SETTINGS[setting].notes}", fontsize=9)
-        ax.set_xlabel("round")
+        ax.set_xlabel("round (a split arm's rounds scaled: the same steps per node)")
         ax.set_ylabel("mean eval loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

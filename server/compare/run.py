@@ -133,11 +133,11 @@ def compare(
         records = [to_record(done[i], overrides) for i in sorted(done)]  # a stopped run keeps them
         (out / "comparison.json").write_text(json.dumps(records, indent=1) + "\n", "utf-8")
 
+    for arm in arms:  # every arm's run config checked and the data written once, up front
+        node_configs(arm, run_config(arm, rounds=rounds, out=out, extra=overrides), out=out)
     if jobs > 1 and len(arms) > 1:
         from server.compare.pool import run_in_workers
 
-        for arm in arms:  # the data once, before any worker reads it
-            node_configs(arm, run_config(arm, rounds=rounds, out=out, extra=overrides), out=out)
         run_in_workers(arms, rounds=rounds, out=out, overrides=overrides, jobs=jobs,
                        on_result=finished, echo=echo)  # fmt: skip
     else:
@@ -168,7 +168,11 @@ def run_arm(
     config = run_config(arm, rounds=rounds, out=out, extra=overrides)
     nodes = node_configs(arm, config, out=out)
     runner = run_reference if arm.strategy is None else run_strategy
-    return runner(arm, config, nodes, echo)
+    result = runner(arm, config, nodes, echo)
+    if arm.split > 1:
+        result.notes += (f"; {config['local-steps']} local steps × {config['num-server-rounds']} "
+                         "rounds")  # fmt: skip
+    return result
 
 
 def to_record(result: ArmResult, overrides: Mapping[str, ConfigValue]) -> dict[str, Any]:
@@ -177,6 +181,8 @@ def to_record(result: ArmResult, overrides: Mapping[str, ConfigValue]) -> dict[s
     config = {"lora-ranks": arm.ranks, **SETTINGS[arm.setting].config, **overrides, **arm.config}
     if arm.strategy is not None:
         config["strategy"] = arm.strategy
+    if arm.split > 1:  # each round's local steps as `split` rounds (server/compare/arms.py)
+        config["split"] = arm.split
     return {
         "setting": arm.setting,
         "label": arm.label,

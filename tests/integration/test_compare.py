@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from server.cli.main import build_parser, main
-from server.compare.arms import KINDS, SETTINGS, Arm, default_arms, personalized, quick_arms
+from server.compare.arms import (
+    KINDS,
+    SETTINGS,
+    Arm,
+    default_arms,
+    personalized,
+    quick_arms,
+    run_config,
+)
 from server.compare.run import compare
 
 RECORD_FIELDS = {"setting", "label", "kind", "strategy", "config", "final_mean", "final_nodes",
@@ -76,3 +84,18 @@ def test_arms_refuse_what_they_cannot_run() -> None:
         Arm("x", "local", "iid")
     with pytest.raises(ValueError, match="`--settings` names 'iid'"):
         default_arms(["het", "iid"])
+
+
+def test_a_split_arm_runs_the_same_steps_in_more_rounds(tmp_path: Path) -> None:
+    [split] = [a for a in default_arms(["scarce"]) if a.split > 1]
+    assert split.split == 4 and split.config == {"server-momentum": 0.5}
+    config = run_config(split, rounds=10, out=tmp_path)
+    assert (config["local-steps"], config["num-server-rounds"]) == (5, 40)
+    assert config["server-momentum"] == 0.5 and config["strategy"] == "flora"
+    plain = run_config(Arm("flora [scarce]", "federated", "scarce", "flora"), rounds=10,
+                       out=tmp_path)  # fmt: skip
+    assert (plain["local-steps"], plain["num-server-rounds"]) == (20, 10)
+    with pytest.raises(ValueError, match=r"`local-steps` is 10: arm .* use a multiple of 4"):
+        run_config(split, rounds=10, out=tmp_path, extra={"local-steps": 10})
+    with pytest.raises(ValueError, match="`split` is 0"):
+        Arm("x", "federated", "scarce", "flora", split=0)
