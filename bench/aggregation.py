@@ -28,7 +28,7 @@ from strategies.math.fedit import fedit_average
 from strategies.math.ffa import ffa_average
 from strategies.math.flexlora import flexlora_average
 from strategies.math.flora import node_start
-from strategies.math.lowrank import accumulate_changes, accumulate_updates
+from strategies.math.streaming import accumulate_changes, accumulate_updates
 from strategies.math.zeropad import zeropad_average
 
 CAP = 64

@@ -140,6 +140,7 @@ def change_stack(
     coefs: Sequence[float],
     *,
     wire_dtype: type = np.float32,
+    dtype: type = np.float64,
 ) -> ModuleStack:
     """One module's stack of continuing nodes' changes, ``B_g A_g + Σ_i c_i (B_i A_i - B_i0 A_i0)``
     (module doc); without a global, the nodes started at B = 0.
@@ -155,6 +156,9 @@ def change_stack(
         ``c_i`` per node.
     wire_dtype
         The dtype the global reached the nodes in (their start is rounded to it).
+    dtype
+        The nodes' part's dtype: float64 holds their movements exactly; float32 rounds them
+        once (for the range route, which resolves far less).
     """
     blocks = [(a, b, c) for (a, b, _), c in zip(updates, coefs, strict=True)]
     if previous is None or previous[0].shape[0] == 0:
@@ -178,11 +182,14 @@ def change_stack(
     pairs = []
     for s in sorted(starts):  # B_0 ΔA_0 and ΔB_0 A_0
         pairs += [(moved_a[s], starts[s][1]), (starts[s][0], moved_b[s])]
-    stack = module_stack(previous, blocks, pairs, dtype=np.float64)
+    stack = module_stack(previous, blocks, pairs, dtype=dtype)
     row = stack.small
+    rounded: dict[float, tuple[Array, Array]] = {
+        s: (a_0.astype(dtype), b_0.astype(dtype)) for s, (a_0, b_0) in starts.items()
+    }
     for (a, _, scaling), k in zip(updates, ks, strict=True):  # δA_i, δB_i in place
-        a_0, b_0 = starts[scaling]
-        stack.a[row : row + k] -= a_0[:k]
-        stack.b[:, row : row + k] -= b_0[:, :k]
+        start_a, start_b = rounded[scaling]  # as the node had it (wire dtype): exact in dtype
+        stack.a[row : row + k] -= start_a[:k]
+        stack.b[:, row : row + k] -= start_b[:, :k]
         row += a.shape[0]
     return stack
