@@ -48,6 +48,7 @@ from strategies.math.stacking import ModuleStack
 F64 = NDArray[np.float64]
 Method = Literal["qr", "gram", "gram32", "dense", "range"]
 OVERSAMPLE = 16  # p: extra directions the Gram route carries beyond the cap (HMT Sec. 4.2)
+RANGE_FROM = 8  # the range route from R >= RANGE_FROM (k + p): below, the certified ones cost less
 
 
 @dataclass(frozen=True)
@@ -241,15 +242,21 @@ def recompress_stack(
     return recompress(a, b, max_rank=max_rank, tol=tol, seed=seed)
 
 
+def range_applies(rank: int, out_dim: int, in_dim: int, *, max_rank: int) -> bool:
+    """Whether :func:`estimate_stack` takes a stack of ``rank`` on an (out, in) module."""
+    width = max_rank + OVERSAMPLE
+    return rank >= RANGE_FROM * width and min(out_dim, in_dim) >= 4 * width
+
+
 def estimate_stack(stack: ModuleStack, *, max_rank: int, seed: int = 0) -> Recompressed | None:
     """The range route alone (:mod:`strategies.math.rangefinder`, ``method="range"``): at the
     cap, the truncation error within 1% of Eckart-Young's, the reported error estimated
-    (unbiased in ``error²``, standard error ``error_sd``). ``None`` where the cap keeps much of
-    the stack (``R < 2 (max_rank + p)``, the exact route is as fast), where the module is too
-    small for a Krylov basis of a few blocks (``min(out, in) < 4 (max_rank + p)``: the
-    certified routes are cheap there), or where it declines (a nearly lossless cap)."""
-    width = max_rank + OVERSAMPLE
-    if stack.rank < 2 * width or min(stack.b.shape[0], stack.a.shape[1]) < 4 * width:
+    (unbiased in ``error²``, standard error ``error_sd``). ``None`` where the certified routes
+    cost no more (``R < RANGE_FROM (max_rank + p)``: the Grams' ``(out + in) R² / 2`` is below
+    a few Krylov steps' ``(out + in) R l`` each), where the module is too small for a Krylov
+    basis of a few blocks (``min(out, in) < 4 (max_rank + p)``), or where it declines (a nearly
+    lossless cap)."""
+    if not range_applies(stack.rank, stack.b.shape[0], stack.a.shape[1], max_rank=max_rank):
         return None
     lead = range_leading(stack, rank=max_rank, width=max_rank + KRYLOV_OVERSAMPLE, seed=seed)
     found = _kept(lead, max_rank=max_rank, tol=0.0, method="range")

@@ -70,10 +70,10 @@ MAX_ITERS = 6  # most Krylov steps (each: one M and one Mᵀ pass)
 
 
 def times(stack: ModuleStack, x: F64, *, dtype: type = np.float64) -> F64:
-    """``M X`` (out, l) for ``X`` (in, l): the small part in float64, the nodes' blocks in
-    ``dtype`` a block of ``CHUNK`` stacked rows at a time, summed in float64."""
-    small = stack.small
-    y = stack.b_small @ (stack.a_small @ x)  # (out, l)
+    """``M X`` (out, l) for ``X`` (in, l), ``CHUNK`` stacked rows at a time in ``dtype``, summed
+    in float64; in float64 the small part (the global adapter) exact, in float32 rounded too."""
+    small = stack.small if dtype == np.float64 else 0  # float32: the small part rounded too
+    y = stack.b_small[:, :small] @ (stack.a_small[:small] @ x)  # (out, l)
     xd: NDArray[np.floating] = x.astype(dtype, copy=False)
     for start in range(small, stack.rank, CHUNK):
         rows = slice(start, min(start + CHUNK, stack.rank))
@@ -85,8 +85,8 @@ def times(stack: ModuleStack, x: F64, *, dtype: type = np.float64) -> F64:
 
 def times_t(stack: ModuleStack, y: F64, *, dtype: type = np.float64) -> F64:
     """``Mᵀ Y`` (in, l) for ``Y`` (out, l), as :func:`times`."""
-    small = stack.small
-    x = stack.a_small.T @ (stack.b_small.T @ y)  # (in, l)
+    small = stack.small if dtype == np.float64 else 0
+    x = stack.a_small[:small].T @ (stack.b_small[:, :small].T @ y)  # (in, l)
     yd: NDArray[np.floating] = y.astype(dtype, copy=False)
     for start in range(small, stack.rank, CHUNK):
         rows = slice(start, min(start + CHUNK, stack.rank))

@@ -134,6 +134,18 @@ def module_stack(
     return ModuleStack(a_all, b_all, coef, a_small, b_small)
 
 
+def change_rank(previous: LowRank | None, updates: Sequence[Factors]) -> int:
+    """The rank R of :func:`change_stack`'s stack, without building it: ``k_g + Σ r_i`` plus
+    two blocks of the widest start per scaling."""
+    ranks = int(sum(a.shape[0] for a, _, _ in updates))
+    if previous is None or previous[0].shape[0] == 0:
+        return ranks
+    widest: dict[float, int] = {}
+    for a, _, scaling in updates:
+        widest[scaling] = max(widest.get(scaling, 0), min(a.shape[0], previous[0].shape[0]))
+    return int(previous[0].shape[0] + ranks + 2 * sum(widest.values()))
+
+
 def change_stack(
     previous: LowRank | None,
     updates: Sequence[Factors],

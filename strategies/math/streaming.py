@@ -21,8 +21,14 @@ import numpy as np
 
 from strategies.math.factors import Factors, LowRank
 from strategies.math.flora import check_updates
-from strategies.math.lowrank import Accumulated, Recompressed, estimate_stack, recompress_stack
-from strategies.math.stacking import ModuleStack, change_stack, module_stack
+from strategies.math.lowrank import (
+    Accumulated,
+    Recompressed,
+    estimate_stack,
+    range_applies,
+    recompress_stack,
+)
+from strategies.math.stacking import ModuleStack, change_rank, change_stack, module_stack
 
 
 def accumulate_updates(
@@ -62,7 +68,13 @@ def accumulate_updates(
         ]
         return module_stack(global_adapter.get(module), blocks)
 
-    return _streamed(global_adapter, sorted(updates[0]), build, max_rank=max_rank, tol=tol)
+    def shape(module: str) -> tuple[int, int, int]:
+        a, b, _ = updates[0][module]
+        previous = global_adapter.get(module)
+        rank = sum(u[module][0].shape[0] for u in updates)
+        return rank + (0 if previous is None else previous[0].shape[0]), b.shape[0], a.shape[1]
+
+    return _streamed(global_adapter, sorted(updates[0]), build, shape, max_rank=max_rank, tol=tol)
 
 
 def accumulate_changes(
@@ -103,31 +115,39 @@ def accumulate_changes(
         return change_stack(global_adapter.get(module), factors, coefs, wire_dtype=wire_dtype,
                             dtype=dtype)  # fmt: skip
 
-    return _streamed(global_adapter, sorted(updates[0]), build, max_rank=max_rank, tol=tol)
+    def shape(module: str) -> tuple[int, int, int]:
+        a, b, _ = updates[0][module]
+        rank = change_rank(global_adapter.get(module), [u[module] for u in updates])
+        return rank, b.shape[0], a.shape[1]
+
+    return _streamed(global_adapter, sorted(updates[0]), build, shape, max_rank=max_rank, tol=tol)
 
 
 def _streamed(
     global_adapter: Mapping[str, LowRank],
     modules: Sequence[str],
     build: Callable[[str, bool], ModuleStack],
+    shape: Callable[[str], tuple[int, int, int]],
     *,
     max_rank: int | None,
     tol: float,
 ) -> Accumulated:
     """Recompress one module's stack at a time (``build(module, rounded)``), each released
-    before the next: peak memory is one module's stack. The range route first where it may
-    apply (module doc), on a stack that may be rounded to float32; else the exact stack and
-    the certified routes."""
+    before the next: peak memory is one module's stack. The range route first where it
+    applies (``shape(module)``: the stack's R, out and in before it is built), on a stack that
+    may be rounded to float32; else, or where it declines, the exact stack and the certified
+    routes."""
     adapter: dict[str, LowRank] = dict(global_adapter)
     reports: dict[str, Recompressed] = {}
     for module in modules:  # a seed per module: the modules' estimates are independent
         seed = zlib.crc32(module.encode())
         report = None
-        if max_rank is not None and tol == 0:
+        if max_rank is not None and tol == 0 and range_applies(*shape(module), max_rank=max_rank):
             report = estimate_stack(build(module, True), max_rank=max_rank, seed=seed)
         if report is None:
-            stack = build(module, False)
-            report = recompress_stack(stack, max_rank=max_rank, tol=tol, seed=seed, certified=True)
+            exact = build(module, False)  # released before the next module's is built
+            report = recompress_stack(exact, max_rank=max_rank, tol=tol, seed=seed, certified=True)
+            del exact
         adapter[module] = (report.a, report.b)
         reports[module] = report
     return Accumulated(adapter, reports)
