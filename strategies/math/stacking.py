@@ -187,10 +187,15 @@ def change_stack(
     out_dim, in_dim = previous[1].shape[0], previous[0].shape[1]
     moved_a = {s: np.zeros((k, in_dim)) for s, k in widest.items()}  # Σ c_i δA_i   (k, in)
     moved_b = {s: np.zeros((out_dim, k)) for s, k in widest.items()}  # Σ c_i δB_i  (out, k)
+    buf_a, buf_b = np.empty((max(ks), in_dim)), np.empty((out_dim, max(ks)))  # no temporaries
     for (a, b, scaling), c, k in zip(updates, coefs, ks, strict=True):
         a_0, b_0 = starts[scaling]
-        moved_a[scaling][:k] += c * (np.asarray(a[:k], np.float64) - a_0[:k])
-        moved_b[scaling][:, :k] += c * (np.asarray(b[:, :k], np.float64) - b_0[:, :k])
+        np.subtract(a[:k], a_0[:k], out=buf_a[:k])  # δA_i, exact in float64
+        np.subtract(b[:, :k], b_0[:, :k], out=buf_b[:, :k])
+        buf_a[:k] *= c
+        buf_b[:, :k] *= c
+        moved_a[scaling][:k] += buf_a[:k]
+        moved_b[scaling][:, :k] += buf_b[:, :k]
     pairs = []
     for s in sorted(starts):  # B_0 ΔA_0 and ΔB_0 A_0
         pairs += [(moved_a[s], starts[s][1]), (starts[s][0], moved_b[s])]
