@@ -37,8 +37,8 @@ through products with thin matrices, ``M X = B (c ⊙ (A X))`` and ``Mᵀ Y = A�
 ``r_s = ‖R‖_F² / ‖R‖_2² ≥ 1`` (the remainder's stable rank) the standard deviation is
 ``≤ sqrt(2 / (s r_s)) T``, and ``|T̂ - T| ≤ (2 sqrt(x / (s r_s)) + 2 x / (s r_s)) T`` with
 probability ``≥ 1 - 2 e^(-x)``. The remainder is what a power-iterated basis of L directions
-leaves, so its spectrum is flat (r_s of the order of its rank; on the benchmark's stacks
-hundreds, a standard deviation of 0.3-0.6 % of the dropped energy at s = 32). Each result
+leaves, so its spectrum tends to be flat (r_s of the order of its rank; on the benchmark's stacks
+hundreds: a standard error of 0.3-0.4 % of the reported error at s = 32). Each result
 carries the sample standard error of ``T̂`` from its own probes (``energy_sd``).
 
 Where the dropped energy is below ``RESOLVE · U32`` of ``‖M‖_F²`` (6e-6: a relative error
