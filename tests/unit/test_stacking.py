@@ -225,3 +225,22 @@ def test_a_stack_wider_than_the_module_takes_the_dense_route_within_one_percent(
     assert out.method == "dense" and out.rank == 6 and out.stacked_rank == 128
     assert actual <= 1.01 * optimal
     assert out.relative_error == pytest.approx(actual, rel=1e-8)
+
+
+def test_a_float32_change_stack_is_the_float64_one_rounded() -> None:
+    # the range route's stack: movements rounded once to float32 and summed into the collapsed
+    # starts by one product per scaling (two scalings here); the exact stack's ΔW to float32
+    # rounding
+    rng = np.random.default_rng(21)
+    global_adapter, updates = _at_the_cap(rng, nodes=12, rank=5, dim=60, global_rank=4, decay=1.0)
+    mixed = [{"m": (a, b, 2.0 if i % 3 else 1.0)} for i, u in enumerate(updates)
+             for a, b, _ in [u["m"]]]  # fmt: skip
+    coefs = [0.1 * (i + 1) for i in range(12)]
+    factors = [u["m"] for u in mixed]
+    exact = change_stack(global_adapter["m"], factors, coefs)
+    rounded = change_stack(global_adapter["m"], factors, coefs, dtype=np.float32)
+    assert rounded.a.dtype == np.float32 and rounded.rank == exact.rank
+    a, b = exact.dense_factors()
+    a32, b32 = rounded.dense_factors()
+    dense = b @ a
+    np.testing.assert_allclose(b32 @ a32, dense, atol=1e-5 * np.abs(dense).max())
