@@ -63,7 +63,7 @@ F64 = NDArray[np.float64]
 U32 = float(np.finfo(np.float32).eps) / 2  # float32's unit roundoff
 CHUNK = 256  # stacked rows per block: bounds the float64 copies of a float32 stack
 PROBES = 32  # s: the Gaussian probes of the energy outside the basis
-KRYLOV_OVERSAMPLE = 8  # p of the block size l = k + p (the Krylov basis grows by l a step)
+KRYLOV_OVERSAMPLE = 4  # p of the block size l = k + p (the Krylov basis grows by l a step)
 SETTLED = 1e-2  # stop once the energy still to capture is below this share of the dropped
 FIRST = 1e-3  # ... or the first step added less than this share (the start held the subspace)
 MAX_ITERS = 6  # most Krylov steps (each: one M and one Mᵀ pass)
