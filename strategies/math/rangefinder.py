@@ -63,6 +63,7 @@ F64 = NDArray[np.float64]
 U32 = float(np.finfo(np.float32).eps) / 2  # float32's unit roundoff
 CHUNK = 256  # stacked rows per block: bounds the float64 copies of a float32 stack
 PROBES = 32  # s: the Gaussian probes of the energy outside the basis
+RULE_PROBES = 16  # s': cruder probes (float32) for the stopping rule's energy outside
 KRYLOV_OVERSAMPLE = 4  # p of the block size l = k + p (the Krylov basis grows by l a step)
 SETTLED = 1e-2  # stop once the energy still to capture is below this share of the dropped
 FIRST = 1e-3  # ... or the first step added less than this share (the start held the subspace)
@@ -124,7 +125,8 @@ def range_leading(
     rng = np.random.default_rng(seed)
     in_dim = stack.a.shape[1]
     omega = _euclidean(rng.standard_normal((in_dim, width)))  # (in, l)
-    q, c, gram = block_krylov(stack, omega, rank=rank, max_iters=max_iters)  # (out, L), (L, in)
+    rule = rng.standard_normal((in_dim, RULE_PROBES))  # (in, s'): the stopping rule's probes
+    q, c, gram = block_krylov(stack, omega, rule, rank=rank, max_iters=max_iters)
     probes = times(stack, rng.standard_normal((in_dim, PROBES)))  # (out, s) = M G in float64
     outside, sd = hutchinson(probes, q)
     energy = float(np.trace(gram)) + outside
@@ -135,7 +137,7 @@ def range_leading(
 
 
 def block_krylov(
-    stack: ModuleStack, omega: F64, *, rank: int, max_iters: int
+    stack: ModuleStack, omega: F64, rule: F64, *, rank: int, max_iters: int
 ) -> tuple[F64, F64, F64]:
     """An orthonormal basis ``Q`` (out, L) of the block Krylov space ``[M Ω, (M Mᵀ) M Ω, ...]``,
     ``C = Qᵀ M`` (L, in) and ``C Cᵀ`` (L, L), the products in float32 (blocks summed in float64).
@@ -146,12 +148,14 @@ def block_krylov(
     so ``C`` is the stack of the half steps ``(Mᵀ K_i)ᵀ`` and costs no pass of its own; the
     space converges like a Chebyshev polynomial, not a power, of the spectrum (a third of the
     steps of subspace iteration on slowly decaying spectra). Stops once the leading ``rank``
-    Ritz values' energy has settled (:func:`_settled`, against a rough ``‖M‖_F²`` from the
-    first pass), or the space is exhausted.
+    Ritz values' energy has settled (:func:`_settled`; the energy outside the leading
+    directions: the rest of the basis's Ritz values plus a rough Hutchinson estimate beyond the
+    basis from the Gaussian ``rule`` (in, s'), float32, used for nothing else), or the space is
+    exhausted.
     """
     fast = np.float32
-    y = times(stack, omega, dtype=fast)  # (out, l') = M Ω
-    total = float(np.einsum("ij,ij->", y, y)) * omega.shape[0] / omega.shape[1]  # E ‖M ω‖²
+    both = times(stack, np.hstack([omega, rule]), dtype=fast)  # (out, l + s') = M [Ω, G']
+    y, probed = both[:, : omega.shape[1]], both[:, omega.shape[1] :]
     q = _euclidean(y)  # (out, L): K_0, then each block appended
     halves = times_t(stack, q, dtype=fast)  # (in, L) = Mᵀ Q = Cᵀ
     gram = halves.T @ halves  # (L, L) = C Cᵀ
@@ -170,7 +174,9 @@ def block_krylov(
         q, halves = np.hstack([q, block]), np.hstack([halves, half])
         now = _top(gram, rank)
         gains.append(now - sum(gains))
-        if _settled(gains, dropped=total - now):
+        outside = probed - q @ (q.T @ probed)  # (out, s') = (I - QQᵀ) M G'
+        beyond = float(np.einsum("ij,ij->", outside, outside)) / probed.shape[1]  # ≈ T
+        if _settled(gains, dropped=float(np.trace(gram)) - now + beyond):
             break
     return q, halves.T, gram
 
