@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from strategies.flower.flora import FLoRA
 from strategies.flower.replies import ClientUpdate
 from strategies.math.lowrank import OVERSAMPLE, RANGE_FROM, estimate_stack
-from strategies.math.rangefinder import PROBES, hutchinson, range_leading, times, times_t
+from strategies.math.rangefinder import (
+    KRYLOV_OVERSAMPLE,
+    PROBES,
+    hutchinson,
+    range_leading,
+    times,
+    times_t,
+)
 from strategies.math.stacking import ModuleStack, module_stack
 from strategies.math.streaming import accumulate_changes, accumulate_updates
 from strategies.options import AggregationOptions, Federation
@@ -230,3 +237,20 @@ def test_continuing_round_at_the_cap_reports_the_estimate_and_its_standard_error
     assert row["recompress_error"] == pytest.approx(
         reference.relative_error, abs=5 * row["recompress_error_sd"]
     )
+
+
+def test_a_stack_dominated_by_the_global_settles_in_three_blocks() -> None:
+    # the global adapter's 12 strong directions hold nearly all the energy: the stopping rule
+    # must see that the nodes' weak rest is what is dropped (a rough total from the first pass
+    # fell below the captured energy here, and the iteration ran to its limit)
+    rng = np.random.default_rng(13)
+    stack = _stack(rng, nodes=40, rank=6, out_dim=200, in_dim=210, decay=0.0, global_rank=12,
+                   global_weight=30.0)  # fmt: skip
+    width = 12 + KRYLOV_OVERSAMPLE
+    for seed in range(10):  # the rough total fell below half the time
+        lead = range_leading(stack, rank=12, width=width, seed=seed)
+        assert lead is not None and lead.q.shape[1] <= 3 * width
+    out = estimate_stack(stack, max_rank=12)
+    assert out is not None
+    optimal, actual, _ = _truth(stack, out, 12)
+    assert actual <= 1.01 * optimal
