@@ -12,6 +12,7 @@ from flwr.common import log
 
 from strategies.flower.base import GlobalAdapter
 from strategies.flower.continuing import ContinueStrategy
+from strategies.flower.flora import record_truncation
 from strategies.flower.replies import ClientUpdate, example_weights
 from strategies.math.flexlora import flexlora_average
 
@@ -32,7 +33,7 @@ class FlexLoRA(ContinueStrategy):
             max_rank=self.options.max_global_rank,
             tol=self.options.recompress_tol,
         )
-        self.report(server_round).recompress_error = result.relative_error
-        log(INFO, "round %d: mean of %d products -> global rank %d (truncation error %.2e)",
-            server_round, len(updates), result.max_rank, result.relative_error)  # fmt: skip
+        truncation = record_truncation(self.report(server_round), result)
+        log(INFO, "round %d: mean of %d products -> global rank %d (%s)",
+            server_round, len(updates), result.max_rank, truncation)  # fmt: skip
         return result.adapter

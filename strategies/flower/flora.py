@@ -4,7 +4,7 @@
 starts at the first r_i global components, the rest merged into its weights, so it starts at the
 global model and keeps its progress); the server stacks each node's *change*, [B_i, -B_i0] and
 [A_i; A_i0], the nodes' starts collapsed into one block
-(:func:`strategies.math.lowrank.accumulate_changes`). ``flora-fresh``: the paper's FLoRA,
+(:func:`strategies.math.streaming.accumulate_changes`). ``flora-fresh``: the paper's FLoRA,
 each node merges the global adapter and trains a fresh LoRA from B = 0 every round.
 Math in :mod:`strategies.math.flora` (stacking) and :mod:`strategies.math.lowrank` (recompression);
 ``server-momentum`` β > 0 moves the global adapter by FedAvgM's momentum of the stacked updates
@@ -26,10 +26,12 @@ from common.config import ConfigValue
 from strategies import protocol as p
 from strategies.flower.base import GlobalAdapter, LoraStrategy
 from strategies.flower.replies import ClientUpdate, example_weights
+from strategies.flower.report import RoundReport
 from strategies.math.factors import LowRank, join_factor_keys, split_factor_keys
 from strategies.math.flora import node_start, stack, stack_changes
-from strategies.math.lowrank import accumulate_changes, accumulate_updates
+from strategies.math.lowrank import Accumulated
 from strategies.math.momentum import momentum_step
+from strategies.math.streaming import accumulate_changes, accumulate_updates
 
 MOMENTUM_PREFIX = "momentum/"  # checkpoint array names of the server momentum
 
@@ -79,16 +81,14 @@ class FLoRA(LoraStrategy):
                 tol=self.options.recompress_tol,
             )
             stacked_rank = max((r.stacked_rank for r in result.reports.values()), default=0)
-        report = self.report(server_round)
-        report.recompress_error = result.relative_error
         log(
             INFO,
-            "round %d: stacked rank %d from %d nodes -> global rank %d (truncation error %.2e)",
+            "round %d: stacked rank %d from %d nodes -> global rank %d (%s)",
             server_round,
             stacked_rank,
             len(updates),
             result.max_rank,
-            result.relative_error,
+            record_truncation(self.report(server_round), result),
         )
         return result.adapter
 
@@ -125,6 +125,17 @@ class FLoRAFresh(FLoRA):
 
     name = "flora-fresh"
     continues = False
+
+
+def record_truncation(report: RoundReport, result: Accumulated) -> str:
+    """Put the round's truncation error in ``report`` (``recompress_error``; where it is an
+    estimate, its standard error as ``recompress_error_sd``) and describe it for the log."""
+    report.recompress_error = result.relative_error
+    if not result.estimated:
+        return f"truncation error {result.relative_error:.2e}"
+    report.extra["recompress_error_sd"] = result.relative_error_sd
+    return (f"truncation error {result.relative_error:.2e}, estimated: "
+            f"± {result.relative_error_sd:.1e}")  # fmt: skip
 
 
 def _scaling(update: ClientUpdate) -> float:

@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from strategies.math.factors import Factors, LowRank
-from strategies.math.lowrank import Accumulated, accumulate_updates
+from strategies.math.lowrank import Accumulated
+from strategies.math.streaming import accumulate_updates
 
 
 def flexlora_average(

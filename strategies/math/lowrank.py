@@ -21,12 +21,18 @@ On a round's stack as the nodes sent it (:func:`recompress_stack`, ``method="gra
 same with the nodes' Gram blocks in float32 (:mod:`strategies.math.gram32`), the reported error
 certified to 0.5%. Neither forms an (out, in) matrix, except for a stack at least as wide as
 the module (``method="dense"``), where forming it is the cheaper way.
+
+At the cap without an energy tolerance (``tol = 0``, the default), :func:`recompress_stack` takes
+a faster route (``method="range"``, :mod:`strategies.math.rangefinder`): a randomized range
+finder on products with the stack, O((out + in) R l) per pass and no R² term at any R, with the
+energy outside the kept basis *estimated* (Hutch++, unbiased, its standard error in
+``error_sd``). With ``tol > 0`` the rank depends on the error, so the certified routes decide.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -34,14 +40,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from strategies.math.factors import Factors, LowRank
-from strategies.math.flora import check_updates
 from strategies.math.gram32 import stack_leading
+from strategies.math.rangefinder import KRYLOV_OVERSAMPLE, range_leading
 from strategies.math.sketch import RESOLVE, Leading, dense_leading, gram_leading
-from strategies.math.stacking import ModuleStack, change_stack, module_stack
+from strategies.math.stacking import ModuleStack
 
 F64 = NDArray[np.float64]
-Method = Literal["qr", "gram", "gram32", "dense"]
+Method = Literal["qr", "gram", "gram32", "dense", "range"]
 OVERSAMPLE = 16  # p: extra directions the Gram route carries beyond the cap (HMT Sec. 4.2)
+RANGE_FROM = 8  # the range route from R >= RANGE_FROM (k + p): below, the certified ones cost less
 
 
 @dataclass(frozen=True)
@@ -56,10 +63,17 @@ class Recompressed:
     norm: float  # ||BA||_F
     method: Method = "qr"
     stacked_rank: int = 0  # R: the rank of the stack that was recompressed
+    error_sd: float = 0.0  # standard error of ``error`` where it is estimated ("range")
+    dropped_sd: float = 0.0  # standard error of ``error²`` where it is estimated
 
     @property
     def relative_error(self) -> float:
         return self.error / self.norm if self.norm > 0 else 0.0
+
+    @property
+    def estimated(self) -> bool:
+        """Whether ``error`` and ``norm`` are estimates (Hutch++, unbiased in ``error²``)."""
+        return self.method == "range"
 
 
 def choose_rank(
@@ -182,22 +196,37 @@ def _kept(
     new_b = (lead.q @ lead.u[:, :k]) * root  # (out, k)
     new_a = (lead.u[:, :k].T @ lead.c) / root[:, None]  # (k, in) = S^-1/2 Uᵀ Qᵀ M
     error = math.sqrt(dropped)
-    return Recompressed(new_a, new_b, lead.s, k, error, math.sqrt(lead.energy), method)
+    sd = lead.energy_sd / (2 * error)  # d sqrt(x) = dx / (2 sqrt(x))
+    return Recompressed(new_a, new_b, lead.s, k, error, math.sqrt(lead.energy), method,
+                        error_sd=sd, dropped_sd=lead.energy_sd)  # fmt: skip
 
 
 def recompress_stack(
-    stack: ModuleStack, *, max_rank: int | None, tol: float = 0.0, seed: int = 0
+    stack: ModuleStack,
+    *,
+    max_rank: int | None,
+    tol: float = 0.0,
+    seed: int = 0,
+    certified: bool = False,
 ) -> Recompressed:
     """:func:`recompress` of one module's stack as the nodes sent it.
 
-    At the cap the Grams are formed in float32 (:mod:`strategies.math.gram32`: the reported
-    error is within 0.5% of the returned factors' true error, guaranteed); where that cannot
+    At the cap with ``tol = 0`` and not ``certified``: the range finder
+    (:mod:`strategies.math.rangefinder`, ``method="range"``), the truncation error within 1% of
+    Eckart-Young's and the reported error an unbiased estimate (in ``error²``) with its standard
+    error ``error_sd``. With ``tol > 0`` or ``certified``: at the cap the Grams are formed in
+    float32 (:mod:`strategies.math.gram32`: the reported error is within 0.5% of the returned
+    factors' true error, guaranteed); where that cannot
     resolve the dropped energy, the float64 Gram route, then the exact route, as
     :func:`recompress`. A stack at least as wide as the module (R >= min(out, in), e.g. 1000
     rank-16 nodes on 4096 × 4096) forms ``M`` in float64 and runs the same subspace iteration
     on it, with ``‖M‖_F²`` exact. Below the cap: the exact route on the float64 stack.
     """
     out_dim, in_dim = stack.b.shape[0], stack.a.shape[1]
+    if max_rank is not None and not (tol > 0 or certified):
+        found = estimate_stack(stack, max_rank=max_rank, seed=seed)
+        if found is not None:
+            return found
     if max_rank is not None and 2 * (max_rank + OVERSAMPLE) <= stack.rank < min(out_dim, in_dim):
         lead = stack_leading(stack, rank=max_rank, width=max_rank + OVERSAMPLE, seed=seed)
         found = _kept(lead, max_rank=max_rank, tol=tol, method="gram32")
@@ -211,6 +240,27 @@ def recompress_stack(
             return replace(found, stacked_rank=stack.rank)
     a, b = stack.dense_factors()
     return recompress(a, b, max_rank=max_rank, tol=tol, seed=seed)
+
+
+def range_applies(rank: int, out_dim: int, in_dim: int, *, max_rank: int) -> bool:
+    """Whether :func:`estimate_stack` takes a stack of ``rank`` on an (out, in) module."""
+    width = max_rank + OVERSAMPLE
+    return rank >= RANGE_FROM * width and min(out_dim, in_dim) >= 4 * width
+
+
+def estimate_stack(stack: ModuleStack, *, max_rank: int, seed: int = 0) -> Recompressed | None:
+    """The range route alone (:mod:`strategies.math.rangefinder`, ``method="range"``): at the
+    cap, the truncation error within 1% of Eckart-Young's, the reported error estimated
+    (unbiased in ``error²``, standard error ``error_sd``). ``None`` where the certified routes
+    cost no more (``R < RANGE_FROM (max_rank + p)``: the Grams' ``(out + in) R² / 2`` is below
+    a few Krylov steps' ``(out + in) R l`` each), where the module is too small for a Krylov
+    basis of a few blocks (``min(out, in) < 4 (max_rank + p)``), or where it declines (a nearly
+    lossless cap)."""
+    if not range_applies(stack.rank, stack.b.shape[0], stack.a.shape[1], max_rank=max_rank):
+        return None
+    lead = range_leading(stack, rank=max_rank, width=max_rank + KRYLOV_OVERSAMPLE, seed=seed)
+    found = _kept(lead, max_rank=max_rank, tol=0.0, method="range")
+    return None if found is None else replace(found, stacked_rank=stack.rank)
 
 
 @dataclass(frozen=True)
@@ -231,6 +281,24 @@ class Accumulated:
     def max_rank(self) -> int:
         return max((r.rank for r in self.reports.values()), default=0)
 
+    @property
+    def estimated(self) -> bool:
+        """Whether :attr:`relative_error` is an estimate (a module took the "range" route)."""
+        return any(r.estimated for r in self.reports.values())
+
+    @property
+    def relative_error_sd(self) -> float:
+        """Standard error of an estimated :attr:`relative_error` (0 where it is exact): the
+        modules' independent estimates of the dropped energy E (and so of ‖ΔW‖² = K + E),
+        through ``d sqrt(E / (K + E)) = K dE / (2 sqrt(E / (K + E)) (K + E)²)``."""
+        dropped = sum(r.error**2 for r in self.reports.values())
+        total = sum(r.norm**2 for r in self.reports.values())
+        var = sum(r.dropped_sd**2 for r in self.reports.values())
+        if not (dropped > 0 and total > 0):
+            return 0.0
+        kept = total - dropped
+        return kept * math.sqrt(var) / (2 * math.sqrt(dropped / total) * total**2)
+
 
 def accumulate(
     global_adapter: Mapping[str, LowRank],
@@ -249,104 +317,6 @@ def accumulate(
     for module, (a_r, b_r, scaling) in round_update.items():
         a_cat, b_cat = _fold(global_adapter.get(module), [(a_r, b_r, scaling)])
         report = recompress(a_cat, b_cat, max_rank=max_rank, tol=tol)
-        adapter[module] = (report.a, report.b)
-        reports[module] = report
-    return Accumulated(adapter, reports)
-
-
-def accumulate_updates(
-    global_adapter: Mapping[str, LowRank],
-    updates: Sequence[Mapping[str, Factors]],
-    weights: Sequence[float],
-    *,
-    scale: float = 1.0,
-    max_rank: int | None,
-    tol: float = 0.0,
-) -> Accumulated:
-    """Append ``scale · Σ_i w_i s_i B_i A_i`` (FLoRA's stack) to the global adapter per module.
-
-    The same result as ``accumulate(global_adapter, stack(updates, weights))`` with the stacked
-    scaling times ``scale``, but each module's stack is built from the nodes' arrays as they
-    arrived (:func:`strategies.math.stacking.module_stack`) and released before the next module:
-    peak memory is one module's stack, not every node's float64 copy of every module.
-
-    Parameters
-    ----------
-    global_adapter
-        Module -> (A_g (k, in), B_g (out, k)); modules the updates lack stay unchanged.
-    updates, weights
-        One mapping module -> (A_i (r_i, in), B_i (out, r_i), s_i) per node and its weight,
-        checked as :func:`strategies.math.flora.stack` checks them.
-    scale
-        A factor on the whole round's update (the server learning rate η).
-    max_rank, tol
-        The cap and the energy tolerance of :func:`recompress`.
-    """
-    check_updates(updates, weights)
-
-    def build(module: str) -> ModuleStack:
-        blocks = [
-            (u[module][0], u[module][1], scale * weight * u[module][2])
-            for u, weight in zip(updates, weights, strict=True)
-        ]
-        return module_stack(global_adapter.get(module), blocks)
-
-    return _streamed(global_adapter, sorted(updates[0]), build, max_rank=max_rank, tol=tol)
-
-
-def accumulate_changes(
-    global_adapter: Mapping[str, LowRank],
-    updates: Sequence[Mapping[str, Factors]],
-    weights: Sequence[float],
-    *,
-    scale: float = 1.0,
-    max_rank: int | None,
-    tol: float = 0.0,
-    wire_dtype: type = np.float32,
-) -> Accumulated:
-    """Append continuing nodes' changes, ``scale · Σ_i w_i s_i (B_i A_i - B_i0 A_i0)``, per module.
-
-    The same result as ``accumulate(global_adapter, stack_changes(updates, starts, weights))``
-    with each node's start from :func:`strategies.math.flora.node_start`, but streamed one
-    module at a time like :func:`accumulate_updates`, and with the nodes' starts collapsed into
-    one block (:mod:`strategies.math.stacking`): the stack's rank is ``k_g + Σ r_i + max k_i``.
-
-    Parameters
-    ----------
-    global_adapter
-        Module -> (A_g (k, in), B_g (out, k)): what the nodes started from.
-    updates, weights
-        One mapping module -> (A_i (r_i, in), B_i (out, r_i), s_i) per node after training, and
-        its weight; a node's start is ``node_start(global_adapter, rank=r_i, scaling=s_i)``.
-    scale, max_rank, tol
-        As :func:`accumulate_updates`.
-    wire_dtype
-        The dtype the global adapter reached the nodes in (their start is rounded to it).
-    """
-    check_updates(updates, weights)
-
-    def build(module: str) -> ModuleStack:
-        factors = [u[module] for u in updates]
-        coefs = [scale * w * s for (_, _, s), w in zip(factors, weights, strict=True)]
-        return change_stack(global_adapter.get(module), factors, coefs, wire_dtype=wire_dtype)
-
-    return _streamed(global_adapter, sorted(updates[0]), build, max_rank=max_rank, tol=tol)
-
-
-def _streamed(
-    global_adapter: Mapping[str, LowRank],
-    modules: Sequence[str],
-    build: Callable[[str], ModuleStack],
-    *,
-    max_rank: int | None,
-    tol: float,
-) -> Accumulated:
-    """Recompress one module's stack at a time (``build(module)``), each released before the
-    next: peak memory is one module's stack."""
-    adapter: dict[str, LowRank] = dict(global_adapter)
-    reports: dict[str, Recompressed] = {}
-    for module in modules:
-        report = recompress_stack(build(module), max_rank=max_rank, tol=tol)
         adapter[module] = (report.a, report.b)
         reports[module] = report
     return Accumulated(adapter, reports)

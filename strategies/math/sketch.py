@@ -50,8 +50,9 @@ class Leading:
     u: F64  # (l, l) left singular vectors of C = Qᵀ M, by descending value
     s: F64  # (l,) singular values of C, descending
     c: F64  # (l, in) C = Qᵀ M
-    energy: float  # ‖M‖_F², exact up to ``floor``
+    energy: float  # ‖M‖_F², exact up to ``floor`` (estimated where ``energy_sd`` > 0)
     floor: float  # the Gram's rounding floor on ``energy``
+    energy_sd: float = 0.0  # standard error of an estimated ``energy`` (0: not estimated)
 
 
 def gram_leading(
@@ -140,11 +141,13 @@ def subspace(
     return x
 
 
-def finish(q: F64, c: F64, energy: float, floor: float) -> Leading:
-    """The SVD of ``C = Qᵀ M`` (l, in) through its (l, l) Gram (HMT Alg. 5.1)."""
-    lam, u = np.linalg.eigh(_sym(c @ c.T))  # ascending
+def finish(
+    q: F64, c: F64, energy: float, floor: float, *, energy_sd: float = 0.0, gram: F64 | None = None
+) -> Leading:
+    """The SVD of ``C = Qᵀ M`` (l, in) through its (l, l) Gram ``C Cᵀ`` (HMT Alg. 5.1)."""
+    lam, u = np.linalg.eigh(_sym(c @ c.T if gram is None else gram))  # ascending
     s = np.sqrt(np.clip(lam[::-1], 0.0, None))
-    return Leading(q, u[:, ::-1], s, c, energy, floor)
+    return Leading(q, u[:, ::-1], s, c, energy, floor, energy_sd)
 
 
 def _orthonormal(y: F64, metric: F64, unit: float = EPS) -> tuple[F64, F64, F64]:

@@ -134,12 +134,50 @@ def module_stack(
     return ModuleStack(a_all, b_all, coef, a_small, b_small)
 
 
+def _moved(
+    updates: Sequence[Factors],
+    coefs: Sequence[float],
+    ks: Sequence[int],
+    starts: dict[float, tuple[F64, ...]],
+    *,
+    shape: tuple[int, int],
+) -> tuple[dict[float, F64], dict[float, F64]]:
+    """``Σ c_i δA_i`` (k, in) and ``Σ c_i δB_i`` (out, k) per scaling, exact in float64."""
+    out_dim, in_dim = shape
+    widest = {s: a.shape[0] for s, (a, _) in starts.items()}
+    moved_a = {s: np.zeros((k, in_dim)) for s, k in widest.items()}
+    moved_b = {s: np.zeros((out_dim, k)) for s, k in widest.items()}
+    buf_a, buf_b = np.empty((max(ks), in_dim)), np.empty((out_dim, max(ks)))  # no temporaries
+    for (a, b, scaling), c, k in zip(updates, coefs, ks, strict=True):
+        a_0, b_0 = starts[scaling]
+        np.subtract(a[:k], a_0[:k], out=buf_a[:k])  # δA_i, exact in float64
+        np.subtract(b[:, :k], b_0[:, :k], out=buf_b[:, :k])
+        buf_a[:k] *= c
+        buf_b[:, :k] *= c
+        moved_a[scaling][:k] += buf_a[:k]
+        moved_b[scaling][:, :k] += buf_b[:, :k]
+    return moved_a, moved_b
+
+
+def change_rank(previous: LowRank | None, updates: Sequence[Factors]) -> int:
+    """The rank R of :func:`change_stack`'s stack, without building it: ``k_g + Σ r_i`` plus
+    two blocks of the widest start per scaling."""
+    ranks = int(sum(a.shape[0] for a, _, _ in updates))
+    if previous is None or previous[0].shape[0] == 0:
+        return ranks
+    widest: dict[float, int] = {}
+    for a, _, scaling in updates:
+        widest[scaling] = max(widest.get(scaling, 0), min(a.shape[0], previous[0].shape[0]))
+    return int(previous[0].shape[0] + ranks + 2 * sum(widest.values()))
+
+
 def change_stack(
     previous: LowRank | None,
     updates: Sequence[Factors],
     coefs: Sequence[float],
     *,
     wire_dtype: type = np.float32,
+    dtype: type = np.float64,
 ) -> ModuleStack:
     """One module's stack of continuing nodes' changes, ``B_g A_g + Σ_i c_i (B_i A_i - B_i0 A_i0)``
     (module doc); without a global, the nodes started at B = 0.
@@ -155,6 +193,10 @@ def change_stack(
         ``c_i`` per node.
     wire_dtype
         The dtype the global reached the nodes in (their start is rounded to it).
+    dtype
+        The nodes' part's dtype: float64 holds their movements exactly; float32 rounds them
+        once and sums them into the collapsed starts by one product per scaling (for the range
+        route, which resolves far less than that rounding).
     """
     blocks = [(a, b, c) for (a, b, _), c in zip(updates, coefs, strict=True)]
     if previous is None or previous[0].shape[0] == 0:
@@ -169,20 +211,38 @@ def change_stack(
         for s, k in sorted(widest.items())
     }  # fmt: skip
     out_dim, in_dim = previous[1].shape[0], previous[0].shape[1]
-    moved_a = {s: np.zeros((k, in_dim)) for s, k in widest.items()}  # Σ c_i δA_i   (k, in)
-    moved_b = {s: np.zeros((out_dim, k)) for s, k in widest.items()}  # Σ c_i δB_i  (out, k)
-    for (a, b, scaling), c, k in zip(updates, coefs, ks, strict=True):
-        a_0, b_0 = starts[scaling]
-        moved_a[scaling][:k] += c * (np.asarray(a[:k], np.float64) - a_0[:k])
-        moved_b[scaling][:, :k] += c * (np.asarray(b[:, :k], np.float64) - b_0[:, :k])
+    exact = np.dtype(dtype) == np.float64
+    if exact:
+        moved_a, moved_b = _moved(updates, coefs, ks, starts, shape=(out_dim, in_dim))
+    else:  # placeholders: summed below from the stack's own rounded movements
+        moved_a = {s: np.zeros((k, in_dim)) for s, k in widest.items()}
+        moved_b = {s: np.zeros((out_dim, k)) for s, k in widest.items()}
     pairs = []
     for s in sorted(starts):  # B_0 ΔA_0 and ΔB_0 A_0
         pairs += [(moved_a[s], starts[s][1]), (starts[s][0], moved_b[s])]
-    stack = module_stack(previous, blocks, pairs, dtype=np.float64)
+    stack = module_stack(previous, blocks, pairs, dtype=dtype)
     row = stack.small
-    for (a, _, scaling), k in zip(updates, ks, strict=True):  # δA_i, δB_i in place
-        a_0, b_0 = starts[scaling]
-        stack.a[row : row + k] -= a_0[:k]
-        stack.b[:, row : row + k] -= b_0[:, :k]
+    rounded: dict[float, tuple[Array, Array]] = {
+        s: (a_0.astype(dtype), b_0.astype(dtype)) for s, (a_0, b_0) in starts.items()
+    }
+    weights: dict[float, Array] = {
+        s: np.zeros((k, stack.rank), dtype=dtype) for s, k in widest.items()
+    }
+    for (a, _, scaling), c, k in zip(updates, coefs, ks, strict=True):  # δA_i, δB_i in place
+        start_a, start_b = rounded[scaling]  # as the node had it (wire dtype): exact in dtype
+        stack.a[row : row + k] -= start_a[:k]
+        stack.b[:, row : row + k] -= start_b[:, :k]
+        weights[scaling][np.arange(k), row + np.arange(k)] = c  # ΔA = W A, ΔB = B Wᵀ
         row += a.shape[0]
+    if not exact:
+        first = previous[0].shape[0]
+        for s in sorted(starts):  # the pairs' places, in order: [ΔA; A_0], [B_0, ΔB]
+            k = widest[s]
+            summed_a = weights[s] @ stack.a  # (k, in) = Σ c_i δA_i, one product
+            summed_b = stack.b @ weights[s].T  # (out, k) = Σ c_i δB_i
+            stack.a[first : first + k] = summed_a
+            stack.a_small[first : first + k] = summed_a
+            stack.b[:, first + k : first + 2 * k] = summed_b
+            stack.b_small[:, first + k : first + 2 * k] = summed_b
+            first += 2 * k
     return stack

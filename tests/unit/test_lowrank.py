@@ -14,10 +14,10 @@ from strategies.math.lowrank import (
     OVERSAMPLE,
     _gram_recompress,
     accumulate,
-    accumulate_updates,
     choose_rank,
     recompress,
 )
+from strategies.math.streaming import accumulate_updates
 
 
 def _pair(rng: np.random.Generator, r: int, in_dim: int, out_dim: int):
