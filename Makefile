@@ -40,7 +40,7 @@ test-all: $(STAMP)
 # The benchmark suite (bench/run.py): about 3 min on 2 idle CPU cores; JSON + markdown in
 # runs/bench/ (docs/performance.md).
 bench: $(STAMP)
-	$(PY) -m bench.run
+	OPENBLAS_NUM_THREADS=1 $(PY) -m bench.run
 
 # The deploy section alone (bench/deploy.py): a real loopback deployment, ~15 min on 2 busy cores.
 bench-deploy: $(STAMP)

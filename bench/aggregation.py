@@ -185,10 +185,8 @@ def case(
     return figures
 
 
-def run(*, modules: int = 2, full: bool = False) -> list[Figure]:
+def run(*, modules: int = 2) -> list[Figure]:
     """10 and 100 nodes on ``modules`` q/v modules; 1000 nodes on one q_proj, every strategy
-    (FLoRA and FlexLoRA there take 2-4 s of CPU each on the range route; ``full`` is accepted
-    for ``bench.run --full`` and adds nothing here any more)."""
-    del full
+    (FLoRA and FlexLoRA there take 2-4 s of CPU each on the range route)."""
     names = [f"layers.{i // 2}.self_attn.{'q' if i % 2 == 0 else 'v'}_proj" for i in range(modules)]
     return case(10, names) + case(100, names) + case(1000, names[:1])

@@ -4,8 +4,8 @@ Writes ``runs/bench/bench.json`` and ``runs/bench/bench.md`` (``--out``) and pri
 Every figure is a ratio of two routes measured side by side in this run; the goal, where the
 issue sets one, stands beside it. On 2 CPU cores the whole suite takes about 7 minutes when the
 machine is otherwise idle (aggregation at 100 nodes, the 135M-shape node and bf16 on a CPU
-without bf16 units dominate); ``--full`` adds FLoRA and FlexLoRA
-at 1000 nodes (another ~20 minutes). ``--deploy`` (``make bench-deploy``: that section alone) adds
+without bf16 units dominate); every strategy at 1000 nodes is in the aggregation section.
+``--deploy`` (``make bench-deploy``: that section alone) adds
 the deploy section: a real loopback deployment, 2 nodes (bench/deploy.py, ~15 minutes).
 """
 
@@ -86,7 +86,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--full", action="store_true", help="FLoRA/FlexLoRA at 1000 nodes too")
     parser.add_argument("--agg-modules", type=int, default=2, help="7B q/v modules (of 64)")
     parser.add_argument("--deploy", action="store_true", help="the deploy section too (long)")
     parser.add_argument("--only", default="", help="comma-separated sections to run")
@@ -95,7 +94,7 @@ def main() -> None:
     smollm = smollm_shape_model(args.out / "smollm2-135m-shape")
     sections = {
         "wire": lambda: wire.run(),
-        "aggregation": lambda: aggregation.run(modules=args.agg_modules, full=args.full),
+        "aggregation": lambda: aggregation.run(modules=args.agg_modules),
         "node": lambda: node.run(smollm_dir=smollm),
         "precision": lambda: precision.run(smollm_dir=smollm, steps=3, threads=args.threads),
         "dp": dp_figures,
