@@ -10,7 +10,12 @@ through products with thin matrices, ``M X = B (c ⊙ (A X))`` and ``Mᵀ Y = A�
    block Krylov space (Musco & Musco, NeurIPS 2015; :func:`block_krylov`): ``K_0 = orth(M Ω)``
    with ``Ω`` (in, l) Gaussian, ``l = k + p``, each step appending the part of
    ``M Mᵀ K_i`` orthogonal to the basis, until the leading k Ritz values' energy has settled
-   (:func:`_settled`). The passes run in float32 (BLAS at twice float64's rate), blocks of
+   (:func:`_settled`). After the first step, instead of a second step to extrapolate from, one
+   pass of width k tests the leading Ritz vectors' residual (:func:`ritz_residual`): where it
+   holds below ``RESIDUAL`` of the dropped energy the basis has converged (a stack dominated by
+   the global adapter: one step); otherwise the residual, already a product with M and inside
+   the next Krylov block's span, is that block (nothing is wasted) and the geometric rule
+   decides from there. The passes run in float32 (BLAS at twice float64's rate), blocks of
    ``CHUNK`` stacked rows summed in float64.
 2. **The kept factors** (HMT Alg. 5.1, Rayleigh-Ritz): ``C = Qᵀ M`` is the stack of the half
    steps ``(Mᵀ K_i)ᵀ`` (no pass of its own), its SVD through ``C Cᵀ``; ``B'A' = Q U_k U_kᵀ C``
@@ -67,6 +72,7 @@ RULE_PROBES = 16  # s': cruder probes (float32) for the stopping rule's energy o
 KRYLOV_OVERSAMPLE = 4  # p of the block size l = k + p (the Krylov basis grows by l a step)
 SETTLED = 1e-2  # stop once the energy still to capture is below this share of the dropped
 FIRST = 1e-3  # ... or the first step added less than this share (the start held the subspace)
+RESIDUAL = 1e-3  # ... or, after one step, the Ritz vectors' residual is below this share
 MAX_ITERS = 6  # most Krylov steps (each: one M and one Mᵀ pass)
 
 
@@ -150,35 +156,80 @@ def block_krylov(
     steps of subspace iteration on slowly decaying spectra). Stops once the leading ``rank``
     Ritz values' energy has settled (:func:`_settled`; the energy outside the leading
     directions: the rest of the basis's Ritz values plus a rough Hutchinson estimate beyond the
-    basis from the Gaussian ``rule`` (in, s'), float32, used for nothing else), or the space is
-    exhausted.
+    basis from the Gaussian ``rule`` (in, s'), float32, used for nothing else), after the first
+    step on the Ritz vectors' residual (:func:`ritz_residual`: one pass of width ``rank``, which is
+    the next block where the test fails), or once the space is exhausted.
     """
     fast = np.float32
     both = times(stack, np.hstack([omega, rule]), dtype=fast)  # (out, l + s') = M [Ω, G']
     y, probed = both[:, : omega.shape[1]], both[:, omega.shape[1] :]
     q = _euclidean(y)  # (out, L): K_0, then each block appended
     halves = times_t(stack, q, dtype=fast)  # (in, L) = Mᵀ Q = Cᵀ
+    last = halves  # (in, b) = Mᵀ K_i of the newest block
     gram = halves.T @ halves  # (L, L) = C Cᵀ
     gains = [_top(gram, rank)]  # captured energy, then what each step added
+    pending: F64 | None = None  # the residual block, already a product with M
     for _ in range(max_iters):
-        width = min(omega.shape[1], halves.shape[1])
-        y = times(stack, _levelled(halves[:, -width:]), dtype=fast)  # (out, l) = M Mᵀ K_i
-        y -= q @ (q.T @ y)
+        if pending is None:
+            y = times(stack, _levelled(last), dtype=fast)  # (out, l) = M Mᵀ K_i
+            y -= q @ (q.T @ y)
+        else:
+            y, pending = pending, None
         y -= q @ (q.T @ y)  # twice is enough (Giraud, Langou & Rozložník 2005)
         block = _euclidean(y)  # K_{i+1} ⊥ the basis; fewer columns once the space runs out
         if block.shape[1] == 0:
             break
-        half = times_t(stack, block, dtype=fast)  # (in, b) = Mᵀ K_{i+1}
-        cross = halves.T @ half  # (L, b)
-        gram = np.block([[gram, cross], [cross.T, half.T @ half]])
-        q, halves = np.hstack([q, block]), np.hstack([halves, half])
+        last = times_t(stack, block, dtype=fast)  # (in, b) = Mᵀ K_{i+1}
+        cross = halves.T @ last  # (L, b)
+        gram = np.block([[gram, cross], [cross.T, last.T @ last]])
+        q, halves = np.hstack([q, block]), np.hstack([halves, last])
         now = _top(gram, rank)
         gains.append(now - sum(gains))
         outside = probed - q @ (q.T @ probed)  # (out, s') = (I - QQᵀ) M G'
         beyond = float(np.einsum("ij,ij->", outside, outside)) / probed.shape[1]  # ≈ T
-        if _settled(gains, dropped=float(np.trace(gram)) - now + beyond):
+        dropped = float(np.trace(gram)) - now + beyond
+        if _settled(gains, dropped=dropped):
             break
+        if len(gains) == 2:  # one step: the Ritz vectors' residual decides
+            pending, missing = ritz_residual(stack, q, halves, gram, rank=rank)
+            if missing <= RESIDUAL * max(dropped, 0.0):
+                break
     return q, halves.T, gram
+
+
+def ritz_residual(
+    stack: ModuleStack, q: F64, halves: F64, gram: F64, *, rank: int
+) -> tuple[F64, float]:
+    """The leading Ritz vectors' residual ``(I - QQᵀ) M V_k`` and its energy.
+
+    With ``C = Qᵀ M = U Θ Vᵀ`` the right Ritz vectors ``V_k = Cᵀ U_k Θ_k⁻¹`` are orthonormal and
+    ``M V_k = Q U_k Θ_k + (I - QQᵀ) M V_k``, so ``‖M V_k‖_F² = Σ_{j≤k} θ_j² + ‖residual‖_F²``,
+    which is at most ``Σ_{j≤k} σ_j²`` (Ky Fan): the residual's energy is energy the leading Ritz
+    values provably still miss, a lower bound on their distance from Eckart-Young's.
+
+    Parameters
+    ----------
+    stack
+        The module's stack ``M``.
+    q, halves, gram
+        The basis ``Q`` (out, L), ``Mᵀ Q`` (in, L) and ``C Cᵀ`` (L, L).
+    rank
+        ``k``: how many leading Ritz vectors.
+
+    Returns
+    -------
+    tuple
+        The residual (out, k), orthogonal to ``Q`` (the next block where the test fails), and
+        its energy; one pass with ``M`` in float32.
+    """
+    lam, u = np.linalg.eigh(gram)  # ascending
+    lam, u = lam[::-1][:rank], u[:, ::-1][:, :rank]
+    keep = lam > 0
+    right = halves @ (u[:, keep] / np.sqrt(lam[keep]))  # (in, k) = V_k
+    image = times(stack, right, dtype=np.float32)  # (out, k) = M V_k
+    image -= q @ (q.T @ image)
+    image -= q @ (q.T @ image)  # twice is enough
+    return image, float(np.einsum("ij,ij->", image, image))
 
 
 def hutchinson(sketched: F64, q: F64) -> tuple[float, float]:

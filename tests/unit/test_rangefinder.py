@@ -19,6 +19,7 @@ from strategies.math.rangefinder import (
     PROBES,
     hutchinson,
     range_leading,
+    ritz_residual,
     times,
     times_t,
 )
@@ -239,18 +240,85 @@ def test_continuing_round_at_the_cap_reports_the_estimate_and_its_standard_error
     )
 
 
-def test_a_stack_dominated_by_the_global_settles_in_three_blocks() -> None:
-    # the global adapter's 12 strong directions hold nearly all the energy: the stopping rule
-    # must see that the nodes' weak rest is what is dropped (a rough total from the first pass
-    # fell below the captured energy here, and the iteration ran to its limit)
+def test_a_stack_dominated_by_the_global_stops_after_one_step() -> None:
+    # the global adapter's 12 strong directions hold nearly all the energy: one Krylov step
+    # holds them, and the Ritz vectors' residual (one pass of width k) says so; before the
+    # residual test a second step of width k + p ran to confirm it (three blocks)
     rng = np.random.default_rng(13)
     stack = _stack(rng, nodes=40, rank=6, out_dim=200, in_dim=210, decay=0.0, global_rank=12,
                    global_weight=30.0)  # fmt: skip
     width = 12 + KRYLOV_OVERSAMPLE
-    for seed in range(10):  # the rough total fell below half the time
+    for seed in range(10):  # a rough total from the first pass once fell below the captured
         lead = range_leading(stack, rank=12, width=width, seed=seed)
-        assert lead is not None and lead.q.shape[1] <= 3 * width
+        assert lead is not None and lead.q.shape[1] == 2 * width
     out = estimate_stack(stack, max_rank=12)
     assert out is not None
     optimal, actual, _ = _truth(stack, out, 12)
     assert actual <= 1.01 * optimal
+
+
+def _ritz_error(stack: ModuleStack, lead, k: int) -> tuple[float, float]:
+    """(optimal, actual) errors of the Rayleigh-Ritz factors ``Q U_k U_kᵀ C`` of ``lead``."""
+    a, b = stack.dense_factors()
+    dense = b @ a
+    s = np.linalg.svd(dense, compute_uv=False)
+    kept = (lead.q @ lead.u[:, :k]) @ (lead.u[:, :k].T @ lead.c)
+    return float(np.sqrt(np.sum(s[k:] ** 2))), float(np.linalg.norm(dense - kept))
+
+
+def _spectrum_stack(rng, sigma: np.ndarray, *, out_dim: int, in_dim: int) -> ModuleStack:
+    u, _ = np.linalg.qr(rng.normal(size=(out_dim, sigma.size)))
+    v, _ = np.linalg.qr(rng.normal(size=(in_dim, sigma.size)))
+    return module_stack(None, [((sigma[:, None] * v.T).astype(np.float32),
+                                u.astype(np.float32), 1.0)])  # fmt: skip
+
+
+_J = np.arange(1, 481)
+
+
+@pytest.mark.parametrize("name", ["1/j", "1/sqrt(j)", "exp(-j/100)", "random nodes (FlexLoRA)"])
+def test_where_one_step_is_not_enough_the_residual_test_goes_on(name: str) -> None:
+    # spectra on which the Ritz factors after one Krylov step miss Eckart-Young by 1.2-3.3 %,
+    # their residual after that step 0.6-2.5 % of the dropped energy (the random nodes as on
+    # the benchmark's FlexLoRA stack: 0.64 %, 1.36 %): a rule that stopped there (a residual
+    # threshold above ~0.6 %, or none) fails this test; the route must go on and land within 1 %
+    rng = np.random.default_rng(14)
+    if name == "random nodes (FlexLoRA)":  # a flat random stack of 40 rank-8 nodes, k = 16
+        k, stack = 16, module_stack(None, [(rng.standard_normal((8, 1200)).astype(np.float32),
+                                            rng.standard_normal((1200, 8)).astype(np.float32),
+                                            1.0) for _ in range(40)])  # fmt: skip
+    else:
+        sigma = {"1/j": 1 / _J, "1/sqrt(j)": 1 / np.sqrt(_J), "exp(-j/100)": np.exp(-_J / 100)}
+        k, stack = 32, _spectrum_stack(rng, sigma[name], out_dim=600, in_dim=620)
+    width = k + KRYLOV_OVERSAMPLE
+    one = range_leading(stack, rank=k, width=width, max_iters=1)
+    assert one is not None and one.q.shape[1] == 2 * width  # one step
+    optimal, actual = _ritz_error(stack, one, k)
+    assert actual > 1.01 * optimal  # one step is not enough here
+    lead = range_leading(stack, rank=k, width=width)
+    assert lead is not None and lead.q.shape[1] > 2 * width  # the rule went on
+    out = estimate_stack(stack, max_rank=k)
+    assert out is not None and out.method == "range"
+    optimal, actual, _ = _truth(stack, out, k)
+    assert actual <= 1.01 * optimal
+
+
+def test_ritz_residual_is_the_energy_the_ritz_values_still_miss() -> None:
+    # ‖M V_k‖² = Σ θ_j² + ‖residual‖² <= Σ_{j<=k} σ_j² (Ky Fan), the residual ⊥ Q
+    rng = np.random.default_rng(15)
+    stack = _stack(rng, nodes=30, rank=6, out_dim=150, in_dim=160, decay=1.0, global_rank=4)
+    a, b = stack.dense_factors()
+    dense = b @ a
+    q, _ = np.linalg.qr(dense @ rng.normal(size=(160, 20)))  # (out, 20): a one-pass basis
+    halves = dense.T @ q  # (in, 20) = Mᵀ Q
+    gram = halves.T @ halves
+    residual, missing = ritz_residual(stack, q, halves, gram, rank=8)
+    theta2 = np.sort(np.linalg.eigvalsh(gram))[::-1][:8]
+    lam, u = np.linalg.eigh(gram)
+    right = halves @ (u[:, ::-1][:, :8] / np.sqrt(lam[::-1][:8]))  # V_k, float64
+    np.testing.assert_allclose(right.T @ right, np.eye(8), atol=1e-8)
+    image = dense @ right
+    assert missing == pytest.approx(np.sum(image**2) - np.sum(theta2), rel=1e-4)
+    assert np.linalg.norm(q.T @ residual) <= 1e-9 * np.linalg.norm(residual)
+    sigma2 = np.linalg.svd(dense, compute_uv=False)[:8] ** 2
+    assert 0 < missing <= np.sum(sigma2) - np.sum(theta2)
