@@ -82,6 +82,18 @@ def _refusals(view: RunView) -> str:
     return "<h3>Refusals</h3>" + table(["round", "node", "why"], rows)
 
 
+def _error_title(view: RunView) -> str:
+    """The truncation error chart's title; where the last round's error is estimated (the
+    range route), that estimate and its standard error: ``round 3: ≈1.2e-03 ± 4e-06``."""
+    title = "recompression error (rel. Frobenius)"
+    if not (view.trunc_error and view.trunc_error_sd):
+        return title
+    (rnd, err), (sd_rnd, sd) = view.trunc_error[-1], view.trunc_error_sd[-1]
+    if sd_rnd != rnd or not sd > 0:
+        return title
+    return f"{title}; round {rnd:.0f}: ≈{err:.1e} ± {sd:.0e}"
+
+
 def run_section(view: RunView, *, links: Mapping[str, str] | None = None) -> str:
     """One run: status line, charts, privacy and refusals; ``links`` (label -> URL) below."""
     status = status_badge(view.status)
@@ -94,9 +106,7 @@ def run_section(view: RunView, *, links: Mapping[str, str] | None = None) -> str
     charts = [
         line_chart(view.eval_loss, title="eval loss per node", y_label="loss"),
         line_chart({"global rank": view.global_rank}, title="global adapter rank"),
-        line_chart(
-            {"truncation error": view.trunc_error}, title="recompression error (rel. Frobenius)"
-        ),
+        line_chart({"truncation error": view.trunc_error}, title=_error_title(view)),
         line_chart(
             {
                 "up": [(x, y / 1e3) for x, y in view.bytes_up],

@@ -60,6 +60,7 @@ class RunView:
     eval_loss: dict[str, list[Point]] = field(default_factory=dict)
     global_rank: list[Point] = field(default_factory=list)
     trunc_error: list[Point] = field(default_factory=list)
+    trunc_error_sd: list[Point] = field(default_factory=list)  # where estimated (range route)
     bytes_up: list[Point] = field(default_factory=list)
     bytes_down: list[Point] = field(default_factory=list)
     privacy: list[Privacy] = field(default_factory=list)
@@ -103,6 +104,7 @@ def _series(records: Sequence[dict[str, Any]], view: RunView) -> None:
             for target, key in (
                 (view.global_rank, "global_rank"),
                 (view.trunc_error, "recompress_error"),
+                (view.trunc_error_sd, "recompress_error_sd"),
                 (view.bytes_up, "bytes_up"),
                 (view.bytes_down, "bytes_down"),
             ):

@@ -93,6 +93,18 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
+def error_texts(record: Mapping[str, Any]) -> list[str]:
+    """A round's truncation error, fullest first: ``1.2e-03``; where it is estimated (the range
+    route: ``recompress_error_sd`` above 0) ``≈1.2e-03 ± 4e-06`` (the estimate and its standard
+    error), then ``≈1.2e-03`` and ``1.2e-03`` for a line short of room."""
+    err = float(record.get("recompress_error") or 0.0)
+    sd = float(record.get("recompress_error_sd") or 0.0)
+    plain = f"{err:.1e}"
+    if not sd > 0:
+        return [plain]
+    return [f"≈{plain} ± {sd:.0e}", f"≈{plain}", plain]
+
+
 def round_line(record: Mapping[str, Any], *, num_rounds: int) -> str:
     """The one progress line of a round's ``metrics.jsonl`` record.
 
@@ -100,14 +112,16 @@ def round_line(record: Mapping[str, Any], *, num_rounds: int) -> str:
     ----------
     record : mapping
         One record as :class:`server.run.runlog.RunLog` writes it (``round``, ``nodes``,
-        ``global_rank``, ``recompress_error``, ``bytes_up``, ``sampled``, ``round_s``).
+        ``global_rank``, ``recompress_error`` and, where estimated, ``recompress_error_sd``,
+        ``bytes_up``, ``sampled``, ``round_s``).
     num_rounds : int
         The run's number of rounds.
 
     Returns
     -------
     str
-        At most :data:`LINE_CHARS` characters for up to 9999 nodes and 999 rounds.
+        At most :data:`LINE_CHARS` characters for up to 9999 nodes and 999 rounds; an
+        estimated error's ``≈`` and ``± sd`` where they fit (:func:`error_texts`).
     """
     counts = round_counts(record)
     parts = [f"{PREFIX} round {record['round']}/{num_rounds}"]
@@ -117,13 +131,16 @@ def round_line(record: Mapping[str, Any], *, num_rounds: int) -> str:
         parts.append(f"{len(counts.eval_losses)} evaluated"
                      + (f", {counts.refused} refused" if counts.refused else ""))  # fmt: skip
     parts.append(f"eval loss {loss_summary(counts.eval_losses)}")
-    if record["round"] > 0:
-        err = float(record.get("recompress_error") or 0.0)
-        parts.append(f"rank {record.get('global_rank', 0)}, trunc err {err:.1e}")
-        parts.append(f"up {bytes_text(record.get('bytes_up', 0))}")
-    seconds = record.get("round_s", record.get("elapsed_s", 0.0))
-    parts.append(seconds_text(float(seconds)))
-    return " | ".join(parts)
+    seconds = seconds_text(float(record.get("round_s", record.get("elapsed_s", 0.0))))
+    if record["round"] == 0:
+        return " | ".join([*parts, seconds])
+    tail = [f"up {bytes_text(record.get('bytes_up', 0))}", seconds]
+    rank = f"rank {record.get('global_rank', 0)}, trunc err"
+    for error in error_texts(record):  # the fullest that fits
+        line = " | ".join([*parts, f"{rank} {error}", *tail])
+        if len(line) <= LINE_CHARS:
+            break
+    return line
 
 
 def refusal_lines(record: Mapping[str, Any], *, shown: int = REFUSALS_SHOWN) -> list[str]:

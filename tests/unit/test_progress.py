@@ -63,6 +63,22 @@ def test_one_line_a_round_within_the_bound_at_any_node_count(
     assert len(base) <= LINE_CHARS
 
 
+def test_an_estimated_truncation_error_shows_its_standard_error_where_it_fits() -> None:
+    # the range route's error is an estimate: "≈x ± sd"; a certified one stays plain; the
+    # line keeps its bound, so a full line drops the ± sd (then the ≈) before anything else
+    small = {**record(3, sampled=3, server_round=3), "recompress_error_sd": 4.1e-6}
+    line = round_line(small, num_rounds=3)
+    assert "rank 64, trunc err ≈1.2e-03 ± 4e-06 | up 812 MB | 123 s" in line
+    tight = round_line({**small, **record(30, sampled=30, server_round=10)}, num_rounds=10)
+    assert len(tight) <= LINE_CHARS and "trunc err ≈1.2e-03 | " in tight
+    assert "±" not in round_line(record(3, sampled=3), num_rounds=3)
+    full = {**record(1000, sampled=1000, server_round=100), "recompress_error_sd": 4.1e-6}
+    line = round_line(full, num_rounds=100)  # 150 characters without the sd: no room
+    assert len(line) <= LINE_CHARS and "trunc err 1.2e-03 | up 812 MB" in line
+    roomy = round_line({**full, "sampled": 100}, num_rounds=100)
+    assert len(roomy) <= LINE_CHARS and "trunc err ≈1.2e-03" in roomy
+
+
 def test_far_beyond_a_thousand_nodes_the_line_stays_near_the_bound() -> None:
     heavy = record(9999, sampled=9999)
     heavy["nodes"]["cardiology-1"]["eval_loss"] = 12.5  # a two-digit loss

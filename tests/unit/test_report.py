@@ -75,6 +75,18 @@ def test_run_view_reads_series_privacy_refusals_and_status(tmp_path: Path) -> No
     assert view.elapsed_s == 9.5
 
 
+def test_an_estimated_truncation_error_is_shown_with_its_standard_error(tmp_path: Path) -> None:
+    # the range route writes recompress_error_sd; the chart's title gives the last round's
+    # estimate as ≈x ± sd, and a certified error (no sd) stays a plain title
+    estimated = [*RECORDS, {**RECORDS[1], "round": 2, "recompress_error": 0.1234,
+                            "recompress_error_sd": 4.1e-4}]  # fmt: skip
+    view = run_view(_write_run(tmp_path / "est", estimated, adapter=False))
+    assert view.trunc_error_sd == [(2.0, 4.1e-4)]
+    assert "recompression error (rel. Frobenius); round 2: ≈1.2e-01 ± 4e-04" in report_html(view)
+    plain = report_html(run_view(_write_run(tmp_path / "exact", RECORDS, adapter=False)))
+    assert "recompression error (rel. Frobenius)<" in plain and "±" not in plain
+
+
 def test_run_status_running_interrupted_stopped(tmp_path: Path) -> None:
     running = _write_run(tmp_path / "run", RECORDS, adapter=False)
     assert run_view(running).status == "running"
