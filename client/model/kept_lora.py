@@ -62,10 +62,9 @@ def reuse(peft_model: PeftModel, *, seed: int) -> PeftModel:
     with torch.no_grad():
         for layer in found:
             _redraw(layer)
+    model.requires_grad_(False)  # the base model frozen, as peft marks it
     for layer in found:
         layer.enable_adapters(True)  # active again, and its A and B trainable
-    tuner: Any = peft_model.base_model
-    tuner._mark_only_adapters_as_trainable(model)
     with warnings.catch_warnings():  # peft probes a transformers property deprecated in v5
         warnings.filterwarnings(
             "ignore", message=".*is_gradient_checkpointing", category=FutureWarning

@@ -138,10 +138,11 @@ def test_replies_with_kept_layers_are_bitwise_those_of_a_fresh_load(
 def test_a_re_drawn_lora_and_the_rng_after_it_are_those_of_a_fresh_attach(
     embedded_dir: Path,
 ) -> None:
-    def fresh(seed: int) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+    def fresh(seed: int) -> tuple[dict[str, np.ndarray], torch.Tensor, set[str]]:
         model, _ = load_base(str(embedded_dir), device=CPU)
         peft_model = attach_lora(model, rank=3, alpha=6, target_modules="all-linear", seed=seed)
-        return lora_factors(peft_model), torch.random.get_rng_state()
+        trainable = {n for n, q in peft_model.named_parameters() if q.requires_grad}
+        return lora_factors(peft_model), torch.random.get_rng_state(), trainable
 
     model, _ = base_cache.checkout(str(embedded_dir), device=CPU, dtype=torch.float32,
                                    gradient_checkpointing=False)  # fmt: skip
@@ -155,12 +156,12 @@ def test_a_re_drawn_lora_and_the_rng_after_it_are_those_of_a_fresh_attach(
     again = base_cache.attach_lora(model, rank=3, alpha=6, target_modules="all-linear", seed=9)
     assert again is first  # the layers were kept
     got, got_rng = lora_factors(again), torch.random.get_rng_state()
-    want, want_rng = fresh(9)
+    want, want_rng, want_trainable = fresh(9)
     assert got.keys() == want.keys()
     assert all(np.array_equal(got[k], want[k]) for k in want)
     assert torch.equal(got_rng, want_rng)
     trainable = {n for n, q in again.named_parameters() if q.requires_grad}
-    assert trainable and all(".lora_" in n for n in trainable)
+    assert trainable == want_trainable and all(".lora_" in n for n in trainable)
 
 
 def test_parked_layers_forward_the_base_model_bitwise(embedded_dir: Path) -> None:
