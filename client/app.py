@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from client.data.records import load_node_texts
 from client.model import cache as base_cache
-from client.model.loading import attach_lora, pick_device, pick_dtype
+from client.model.loading import pick_device, pick_dtype
 from client.model.node_mode import NodeMode, start_lora
 from client.model.personal import attach_personal, has_personal, personal_mode, save_personal
 from client.privacy.ledger import Ledger, LedgerError
@@ -136,6 +136,7 @@ def run_train(msg: Message, context: Context) -> RecordDict:
         target_modules=settings.target_modules,
         seed=seed,
         public_a_seed=_public_a_seed(plan, config, mode),
+        keep_layers=not (plan and plan.settings.mode == "dp-sgd"),  # opacus wraps fresh layers
     )
     state_dir = _personal_dir(context, settings)  # None: no private LoRA (client/model/personal.py)
     if state_dir is not None:
@@ -224,8 +225,10 @@ def run_evaluate(msg: Message, context: Context) -> RecordDict:
     model: torch.nn.Module = job.model
     state_dir = _personal_dir(context, job.settings)
     if state_dir is not None and has_personal(state_dir):  # the shared LoRA added is B = 0
-        model = attach_lora(job.model, rank=job.settings.lora_rank, alpha=job.settings.lora_alpha,
-                            target_modules=job.settings.target_modules, seed=0)  # fmt: skip
+        model = base_cache.attach_lora(job.model, rank=job.settings.lora_rank,
+                                       alpha=job.settings.lora_alpha,
+                                       target_modules=job.settings.target_modules,
+                                       seed=0)  # fmt: skip
         attach_personal(model, state_dir, seed=0)
     loss, _ = evaluate_loss(model, rows, pad_id=job.tokenizer.pad_token_id)
     metrics = MetricRecord({p.EVAL_LOSS: loss, p.NUM_EXAMPLES: len(rows)})

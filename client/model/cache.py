@@ -9,9 +9,13 @@ for a folder, its files' sizes and times), the device and the dtype. The cache o
 - the global adapter is applied by :func:`apply_global` and recorded on the entry: merged into
   fp32 weights exactly as peft merges it (the weights it touches are copied first), or kept beside
   them as a frozen fp32 adapter in low precision (see below);
-- when the message ends, :func:`release` restores the base model — peft's layers and attributes
-  removed, the global adapter's hooks removed, flags as after a fresh load — and returns it to
-  the cache; if anything fails on the way the entry is dropped. The global adapter a checkout
+- the node's LoRA is attached with :func:`attach_lora`: its layers stay attached between
+  messages, switched off, and come back re-drawn as a fresh attach draws them
+  (client/model/kept_lora.py);
+- when the message ends, :func:`release` restores the base model — the kept LoRA switched off
+  (any other peft layers and attributes removed), the global adapter's hooks removed, flags as
+  after a fresh load — and returns it to the cache; if anything fails on the way the entry is
+  dropped. The global adapter a checkout
   merged stays merged, recorded by its digest: the next checkout with the same adapter (the
   evaluate message of one round and the train message of the next carry the same) uses it as
   is, any other copies the loaded weights back first. Anything merged on top with
@@ -40,11 +44,13 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from client.model import phases
+from client.model import kept_lora, phases
+from client.model import loading as _loading
 from client.model.loading import (
     load_base,
     module_name,
@@ -80,6 +86,11 @@ class _Entry:
     # What the weights hold beyond the loaded ones: None (nothing), the digest of the global
     # adapter `checkout` merged (kept across messages while it stays the same), or _DIRTY.
     merged: str | None = None
+    # The node's LoRA kept attached (client/model/kept_lora.py) and what it was built for;
+    # `lora_busy` while a message uses it.
+    lora: PeftModel | None = None
+    lora_key: kept_lora.LoraKey | None = None
+    lora_busy: bool = False
 
 
 _DIRTY = "dirty"  # merged by `apply_global` on top: copied back at release
@@ -206,11 +217,47 @@ def _apply_global(
         except AttributeError:
             raise ValueError(f"global adapter module `{name}` is not in the base model: server "
                              "and node use different base models") from None  # fmt: skip
+        if isinstance(layer, BaseTunerLayer):  # a kept LoRA's layer: the weight is its base's
+            layer = layer.get_base_layer()
         if exact:
             _merge(entry, name, layer, padded_state_dict(factors, rank), conv1d=conv1d)
         else:
             entry.hooks.append(_add_hook(layer, factors))
     return exact and bool(pairs)
+
+
+def attach_lora(
+    model: PreTrainedModel,
+    *,
+    rank: int,
+    alpha: float,
+    target_modules: str,
+    seed: int,
+    keep: bool = True,
+) -> PeftModel:
+    """The node's fresh LoRA (``client.model.loading.attach_lora``) on a checked-out model.
+
+    With ``keep`` the LoRA layers stay attached in the cache after the message and the next
+    message with the same config gets them back re-drawn in place (client/model/kept_lora.py):
+    A, B and the RNG state bitwise those of a fresh attach. ``keep=False`` (dp-sgd) attaches
+    freshly built layers and drops them at release. A model not checked out gets a fresh attach.
+    """
+    key = kept_lora.LoraKey(rank, float(alpha), target_modules, uses_conv1d(model))
+    entry = next((e for e in _leases() if e.model is model), None)
+    if entry is None or entry.lora_busy:
+        return _loading.attach_lora(model, rank=rank, alpha=alpha,
+                                    target_modules=target_modules, seed=seed)  # fmt: skip
+    entry.lora_busy = True
+    if keep and entry.lora is not None and entry.lora_key == key:
+        return kept_lora.reuse(entry.lora, seed=seed)
+    if entry.lora is not None:  # built for another config, or a fresh one is wanted
+        entry.lora, entry.lora_key = None, None
+        kept_lora.unwrap(model)
+    peft_model = _loading.attach_lora(model, rank=rank, alpha=alpha,
+                                      target_modules=target_modules, seed=seed)  # fmt: skip
+    if keep and enabled() and not is_quantized(model):
+        entry.lora, entry.lora_key = peft_model, key
+    return peft_model
 
 
 def _beside(model: PreTrainedModel) -> bool:
@@ -311,11 +358,14 @@ def _restore(entry: _Entry) -> None:
     for handle in entry.hooks:
         handle.remove()
     entry.hooks.clear()
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BaseTunerLayer) and "." in name:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module.get_base_layer())
-    model.__dict__.pop("peft_config", None)
+    entry.lora_busy = False
+    if (
+        entry.lora is None
+        or entry.lora_key is None
+        or not kept_lora.park(entry.lora, entry.lora_key)
+    ):
+        entry.lora, entry.lora_key = None, None
+        kept_lora.unwrap(model)
     if entry.merged == _DIRTY:
         _unmerge(entry)
     if model.supports_gradient_checkpointing:
@@ -325,5 +375,6 @@ def _restore(entry: _Entry) -> None:
     model.requires_grad_(not is_quantized(model))  # as loaded (a quantized one: as prepared)
     model.zero_grad(set_to_none=True)
     model.train(False)
-    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+    kept = entry.lora is not None
+    if any(isinstance(m, BaseTunerLayer) for m in model.modules()) and not kept:
         raise RuntimeError("peft layers left in the cached base model")

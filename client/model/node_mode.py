@@ -24,7 +24,6 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from client.model import cache as base_cache
-from client.model.loading import attach_lora
 from client.privacy.dp_sgd import freeze_lora_a
 from common.config import Config, SettingsError
 from strategies import protocol as p
@@ -128,24 +127,28 @@ def start_lora(
     target_modules: str,
     seed: int,
     public_a_seed: int | None,
+    keep_layers: bool = True,
 ) -> PeftModel:
     """The LoRA this node trains this round (``model`` has the global merged in merge mode).
 
     ``public_a_seed``: the instruction's `shared-a-seed`, or DP-LoRA's public seed, or None
     (A from the node's own ``seed``). In ``continue-merged`` mode ``model`` must come from the
     base-model cache (client/model/cache.py), which merges the rest of the global and restores
-    the weights after the message.
+    the weights after the message. On a cached model the LoRA layers are kept between messages
+    and re-drawn as a fresh attach draws them (client/model/kept_lora.py); ``keep_layers=False``
+    attaches freshly built ones (dp-sgd: opacus wraps new layers).
     """
     if mode.mode == p.CONTINUE_MERGED and global_arrays:
         rest = global_rest(global_arrays, rank=rank)
         if rest:
             base_cache.apply_global(model, rest)
-    peft_model = attach_lora(
+    peft_model = base_cache.attach_lora(
         model,
         rank=rank,
         alpha=alpha,
         target_modules=target_modules,
         seed=seed,
+        keep=keep_layers,
     )
     if public_a_seed is not None:
         set_public_a(peft_model, seed=public_a_seed)
