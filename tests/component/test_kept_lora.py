@@ -185,6 +185,9 @@ def test_parked_layers_forward_the_base_model_bitwise(embedded_dir: Path) -> Non
     assert torch.equal(got, want)
 
 
+# peft warns about the second attach this test makes on purpose (a model changed behind the cache).
+@pytest.mark.filterwarnings("ignore:You are trying to modify a model with PEFT:UserWarning")
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 def test_layers_peft_changed_behind_the_cache_are_dropped_not_reused(embedded_dir: Path) -> None:
     def checkout() -> torch.nn.Module:
         model, _ = base_cache.checkout(str(embedded_dir), device=CPU, dtype=torch.float32,
