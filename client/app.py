@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from client.data.records import load_node_texts
 from client.model import cache as base_cache
+from client.model import phases
 from client.model.loading import pick_device, pick_dtype
 from client.model.node_mode import NodeMode, start_lora
 from client.model.personal import attach_personal, has_personal, personal_mode, save_personal
@@ -35,7 +36,7 @@ from client.privacy.round import (
     reply_fields,
     train_private,
 )
-from client.privacy.settings import PrivacyMode, node_state_dir
+from client.privacy.settings import PrivacyMode, node_privacy, node_state_dir
 from client.settings import NodeSettings, TrainConfig, node_settings
 from client.training import TrainResult, encode, evaluate_loss
 from common.config import SettingsError
@@ -90,7 +91,13 @@ class _Job:
     tokenizer: PreTrainedTokenizerBase
 
 
-def _prepare(msg: Message, context: Context, *, merge: bool = True) -> _Job:
+def _prepare(
+    msg: Message,
+    context: Context,
+    *,
+    arrays: dict[str, NDArray[np.floating]] | None,
+    merge_only: bool = False,
+) -> _Job:
     settings = _settings(context)
     content = msg.content
     if p.CONFIG not in content.config_records or p.ARRAYS not in content.array_records:
@@ -98,8 +105,6 @@ def _prepare(msg: Message, context: Context, *, merge: bool = True) -> _Job:
                          "run different fedlora versions")  # fmt: skip
     config = TrainConfig.from_config(dict(content.config_records[p.CONFIG]))
     device = pick_device(settings.device)
-    # node-mode `continue` trains the global factors instead (client/model/node_mode.py)
-    arrays = p.from_record(content.array_records[p.ARRAYS]) if merge else None
     model, tokenizer = base_cache.checkout(  # kept across messages; restored after each one
         settings.base_model,
         device=device,
@@ -108,15 +113,32 @@ def _prepare(msg: Message, context: Context, *, merge: bool = True) -> _Job:
         quantization=settings.quantization,
         spread=settings.device == "auto",
         global_adapter=arrays,  # merged as peft merges it, or kept beside low-precision weights
+        merge_only=merge_only,
     )
     return _Job(settings, config, model, tokenizer)
+
+
+def _global_adapter(msg: Message) -> dict[str, NDArray[np.floating]]:
+    """The instruction's global adapter: read-only views of the message's bytes (reading it
+    counts as applying it: the node log's ``apply``)."""
+    if p.ARRAYS not in msg.content.array_records:
+        raise ValueError(f"instruction lacks `{p.ARRAYS}`: server and node run different fedlora "
+                         "versions")  # fmt: skip
+    with phases.phase("apply"):
+        return p.view_record(msg.content.array_records[p.ARRAYS])
 
 
 def run_train(msg: Message, context: Context) -> RecordDict:
     """Start the node's LoRA as the strategy says (merge + fresh, or continue from the global
     factors), train it, return only its factors."""
     mode = NodeMode.from_config(dict(msg.content.config_records.get(p.CONFIG, {})))
-    job = _prepare(msg, context, merge=mode.merges)
+    arrays = _global_adapter(msg)
+    # merge: the whole global merged; continue-merged: merged where the weights allow, the node's
+    # first components then taken back out; continue: the node trains the global factors
+    # (client/model/node_mode.py)
+    merged = mode.merges or mode.mode == p.CONTINUE_MERGED
+    job = _prepare(msg, context, arrays=arrays if merged else None,
+                   merge_only=mode.mode == p.CONTINUE_MERGED)  # fmt: skip
     settings, config = job.settings, job.config
     train_texts, _ = load_node_texts(settings)
     plan = begin_round(  # privacy settings, ledger and budget guard: before any training
@@ -129,7 +151,7 @@ def run_train(msg: Message, context: Context) -> RecordDict:
     seed = derive_seed(config.seed, config.server_round, settings.name)
     peft_model = start_lora(  # as the strategy's instruction says (client/model/node_mode.py)
         job.model,
-        {} if mode.merges else p.from_record(msg.content.array_records[p.ARRAYS]),
+        {} if mode.merges else arrays,
         mode=mode,
         rank=settings.lora_rank,
         alpha=settings.lora_alpha,
@@ -216,10 +238,25 @@ def _personal_dir(context: Context, settings: NodeSettings) -> Path | None:
     return node_state_dir(context.node_config, context.run_config, node_name=settings.name)
 
 
+def _warm(job: _Job, context: Context) -> None:
+    """A base model this message loaded gets ready for the node's train messages now, counted
+    with its load (client/model/cache.py ``warm``); not for dp-sgd, whose LoRA is built fresh
+    for opacus each round."""
+    try:
+        mode = node_privacy(context.node_config, context.run_config).mode
+    except SettingsError:
+        return  # the train message names the problem
+    if mode != "dp-sgd":
+        settings = job.settings
+        base_cache.warm(job.model, rank=settings.lora_rank, alpha=settings.lora_alpha,
+                        target_modules=settings.target_modules)  # fmt: skip
+
+
 def run_evaluate(msg: Message, context: Context) -> RecordDict:
     """Score the global model (with the node's private LoRA, if it keeps one) on the node's
     held-out split; only the loss leaves the node."""
-    job = _prepare(msg, context)
+    job = _prepare(msg, context, arrays=_global_adapter(msg))
+    _warm(job, context)
     _, eval_texts = load_node_texts(job.settings)
     rows = encode(eval_texts, job.tokenizer, max_length=job.config.max_length)
     model: torch.nn.Module = job.model

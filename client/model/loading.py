@@ -183,13 +183,21 @@ def global_adapter_config(
     )
 
 
+def float_tensor(array: NDArray[np.floating]) -> torch.Tensor:
+    """``array`` as an fp32 CPU tensor, sharing its memory where it is fp32 already — also a
+    read-only view of a message's bytes (strategies.protocol.view_record), which is only read."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(np.asarray(array, dtype=np.float32))
+
+
 def padded_state_dict(
     arrays: Mapping[str, NDArray[np.floating]], rank: int
 ) -> dict[str, torch.Tensor]:
     """Zero-pad every module's factors to ``rank`` (exact: padded rows/columns add nothing)."""
     state = {}
     for key, value in arrays.items():
-        tensor = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        tensor = float_tensor(value)
         if key.endswith(A_SUFFIX):  # (k, in) -> (rank, in)
             tensor = torch.nn.functional.pad(tensor, (0, 0, 0, rank - tensor.shape[0]))
         else:  # (out, k) -> (out, rank)

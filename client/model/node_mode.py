@@ -6,7 +6,10 @@ components of the global adapter, A = A_g[:k], B = B_g[:, :k] / s_i (k = min(r_i
 global has scaling 1, so s_i·B·A = B_g[:, :k]·A_g[:k]); components beyond k start fresh.
 ``continue-merged`` (flora): as ``continue``, and the global's components beyond k are merged
 into W, so the node starts at the global model exactly; the server stacks its change
-(strategies/math/flora.py ``stack_changes``).
+(strategies/math/flora.py ``stack_changes``). On fp32 weights the whole global adapter is merged
+and the first k components taken back out, W = W0 + B_g·A_g - B_g[:, :k]·A_g[:k]: the cache
+usually holds W0 + B_g·A_g already from the round's evaluate message (client/model/cache.py), so
+this costs one rank-k pass instead of restoring W0 and merging the rest.
 ``shared-a-seed``: a fresh A starts at the public seeded A (strategies/math/public_a.py), the
 same at every node and nested across ranks — also what DP-LoRA publishes. ``freeze-a``:
 only B trains. The node needs no setting of its own for any of this.
@@ -24,6 +27,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from client.model import cache as base_cache
+from client.model.loading import float_tensor
 from client.privacy.dp_sgd import freeze_lora_a
 from common.config import Config, SettingsError
 from strategies import protocol as p
@@ -94,11 +98,22 @@ def load_global_components(
                                  "node: server and node use different base models")  # fmt: skip
             k = min(param.shape[0] if suffix == A_SUFFIX else param.shape[1], _rank(value, suffix))
             if suffix == A_SUFFIX:
-                param[:k] = torch.as_tensor(value[:k], dtype=param.dtype)  # (k, in)
+                param[:k] = float_tensor(value[:k]).to(param.dtype)  # (k, in)
             else:
                 param[:, :k] = torch.as_tensor(
                     value[:, :k] / scaling, dtype=param.dtype
                 )  # (out, k)
+
+
+def global_head(
+    arrays: Mapping[str, NDArray[np.floating]], *, rank: int
+) -> dict[str, NDArray[np.floating]]:
+    """The global adapter's first ``rank`` components, negated (B): added to W0 + B_g·A_g they
+    leave the components beyond ``rank``."""
+    return {
+        key: value[:rank] if key.endswith(A_SUFFIX) else -value[:, :rank]  # (k, in), (out, k)
+        for key, value in arrays.items()
+    }
 
 
 def global_rest(
@@ -133,14 +148,17 @@ def start_lora(
 
     ``public_a_seed``: the instruction's `shared-a-seed`, or DP-LoRA's public seed, or None
     (A from the node's own ``seed``). In ``continue-merged`` mode ``model`` must come from the
-    base-model cache (client/model/cache.py), which merges the rest of the global and restores
-    the weights after the message. On a cached model the LoRA layers are kept between messages
-    and re-drawn as a fresh attach draws them (client/model/kept_lora.py); ``keep_layers=False``
-    attaches freshly built ones (dp-sgd: opacus wraps new layers).
+    base-model cache (client/model/cache.py), checked out with ``global_arrays`` and
+    ``merge_only``: merged there, the node's first components are taken back out; otherwise
+    (low precision) the rest of the global is applied beside the weights. On a cached model the
+    LoRA layers are kept between messages and re-drawn as a fresh attach draws them
+    (client/model/kept_lora.py); ``keep_layers=False`` attaches freshly built ones (dp-sgd:
+    opacus wraps new layers).
     """
     if mode.mode == p.CONTINUE_MERGED and global_arrays:
-        rest = global_rest(global_arrays, rank=rank)
-        if rest:
+        if base_cache.holds_merged(model):  # W0 + B_g·A_g: the node's first components back out
+            base_cache.apply_global(model, global_head(global_arrays, rank=rank))
+        elif rest := global_rest(global_arrays, rank=rank):
             base_cache.apply_global(model, rest)
     peft_model = base_cache.attach_lora(
         model,

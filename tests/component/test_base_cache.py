@@ -12,9 +12,12 @@ import torch
 from numpy.typing import NDArray
 
 from client.model import cache as base_cache
+from client.model import merged as merged_weights
 from client.model.loading import attach_lora, load_base, lora_factors, merge_global_adapter
+from client.model.node_mode import NodeMode, start_lora
 from client.settings import TrainConfig
 from client.training import train_local
+from strategies import protocol as p
 
 CPU = torch.device("cpu")
 IDS = torch.tensor([[1, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 2]])
@@ -78,18 +81,15 @@ def test_cached_messages_match_a_fresh_load(fixture: str, request: pytest.Fixtur
     assert next(iter(base_cache._idle.values())).model is cached  # reused, not reloaded
 
 
-def test_cache_restores_the_base_weights_after_a_failed_message(embedded_dir: Path) -> None:
+def test_the_next_message_after_a_failed_one_gets_the_base_weights(embedded_dir: Path) -> None:
     model, _ = base_cache.checkout(str(embedded_dir), device=CPU, dtype=torch.float32,
                                    gradient_checkpointing=False)  # fmt: skip
     base_cache.apply_global(model, global_adapter(str(embedded_dir), rank=4, scale=0.1, seed=0))
     attach_lora(model, rank=4, alpha=8, target_modules="all-linear", seed=0)
     base_cache.release()  # as the ClientApp does when a handler raises
-    fresh, _ = load_base(str(embedded_dir), device=CPU)
     cached = next(iter(base_cache._idle.values())).model
-    assert cached.state_dict().keys() == fresh.state_dict().keys()
-    for key, value in fresh.state_dict().items():
-        assert torch.equal(cached.state_dict()[key], value), key
     assert not hasattr(cached, "peft_config")
+    assert_loaded_weights(str(embedded_dir))
 
 
 def test_cache_off_loads_per_message(embedded_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,10 +121,18 @@ def kept_message(model_dir: str, arrays: dict[str, NDArray] | None) -> torch.Ten
 
 
 def assert_loaded_weights(model_dir: str) -> None:
-    fresh, _ = load_base(model_dir, device=CPU)
+    """The next message without a global adapter gets the cached model with its loaded weights."""
     cached = next(iter(base_cache._idle.values())).model
-    for key, value in fresh.state_dict().items():
-        assert torch.equal(cached.state_dict()[key], value), key
+    model, _ = base_cache.checkout(model_dir, device=CPU, dtype=torch.float32,
+                                   gradient_checkpointing=False)  # fmt: skip
+    try:
+        assert model is cached
+        fresh, _ = load_base(model_dir, device=CPU)
+        assert model.state_dict().keys() == fresh.state_dict().keys()
+        for key, value in fresh.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value), key
+    finally:
+        base_cache.release()
 
 
 @pytest.mark.parametrize("fixture", ["embedded_dir", "tiny_gpt2_dir"])
@@ -133,10 +141,14 @@ def test_the_same_global_adapter_stays_merged_between_messages(
 ) -> None:
     model_dir = str(request.getfixturevalue(fixture))
     first, second = (global_adapter(model_dir, rank=r, scale=0.05, seed=r) for r in (8, 12))
-    merges: list[str] = []
-    real_merge = base_cache._merge
-    monkeypatch.setattr(base_cache, "_merge", lambda e, name, *a, **k: merges.append(name)
-                        or real_merge(e, name, *a, **k))  # fmt: skip
+    merges: list[int] = []
+    real_add = merged_weights._add_product
+
+    def counted(w: torch.Tensor, a: torch.Tensor, *x: object, **k: object) -> None:
+        merges.append(a.shape[0])
+        real_add(w, a, *x, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(merged_weights, "_add_product", counted)
     assert torch.equal(kept_message(model_dir, first), fresh_logits(model_dir, first))
     modules = len(merges)
     assert modules > 0
@@ -166,4 +178,66 @@ def test_a_failed_merge_leaves_the_loaded_weights(embedded_dir: Path) -> None:
                             gradient_checkpointing=False, global_adapter=bad)  # fmt: skip
     base_cache.release()  # as the ClientApp does when a handler raises
     assert_loaded_weights(model_dir)
-    assert base_cache.digest(good) != base_cache.digest(bad)
+    assert not merged_weights.same(good, bad)
+
+
+def test_continue_merged_after_evaluate_takes_out_only_the_node_components(
+    embedded_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flora: round r's evaluate merges the global; round r+1's train message (same global)
+    only subtracts the node's first k components — one rank-k pass, no copy-back — and starts
+    at the global model, bitwise as a fresh load does it."""
+    model_dir = str(embedded_dir)
+    arrays = global_adapter(model_dir, rank=12, scale=0.05, seed=3)
+    kept_message(model_dir, arrays)  # round r's evaluate message
+    ranks: list[int] = []
+    real_add = merged_weights._add_product
+
+    def counted(w: torch.Tensor, a: torch.Tensor, *x: object, **k: object) -> None:
+        ranks.append(a.shape[0])
+        real_add(w, a, *x, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(merged_weights, "_add_product", counted)
+    copies: list[str] = []
+    real_restore = merged_weights.MergedWeights.restore
+
+    def restore(
+        self: merged_weights.MergedWeights, model: object, *, keep: set[str] | None = None
+    ) -> None:
+        copies.extend(sorted(self.dirty - (keep or set())))
+        real_restore(self, model, keep=keep)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(merged_weights.MergedWeights, "restore", restore)
+
+    def train_start(cache_on: bool) -> dict[str, torch.Tensor]:
+        monkeypatch.setenv(base_cache.ENV_SWITCH, "1" if cache_on else "0")
+        model, _ = base_cache.checkout(model_dir, device=CPU, dtype=torch.float32,
+                                       gradient_checkpointing=False, global_adapter=arrays,
+                                       merge_only=True)  # fmt: skip
+        try:
+            assert base_cache.holds_merged(model)
+            peft = start_lora(model, arrays, mode=NodeMode(p.CONTINUE_MERGED), rank=4, alpha=8.0,
+                              target_modules="all-linear", seed=1, public_a_seed=None)  # fmt: skip
+            return {k: v.detach().clone() for k, v in peft.state_dict().items()}
+        finally:
+            base_cache.release()
+
+    cached = train_start(cache_on=True)
+    assert ranks and set(ranks) == {4} and not copies  # only the head: rank 4, nothing copied
+    fresh = train_start(cache_on=False)  # a fresh load: merge the whole global, then the head
+    assert cached.keys() == fresh.keys()
+    for key, value in fresh.items():
+        assert torch.equal(cached[key], value), key
+
+
+def test_the_held_global_adapter_is_compared_by_its_bytes() -> None:
+    held = merged_weights.frozen({"a": np.array([0.0, np.nan, 1.5], np.float32)})
+    assert merged_weights.same(held, {"a": np.array([0.0, np.nan, 1.5], np.float32)})
+    assert not merged_weights.same(held, {"a": np.array([-0.0, np.nan, 1.5], np.float32)})
+    assert not merged_weights.same(held, {"a": np.array([0.0, np.nan, 1.5], np.float64)})
+    assert not merged_weights.same(held, {"a": np.array([[0.0, np.nan, 1.5]], np.float32)})
+    assert not merged_weights.same(held, {"b": np.array([0.0, np.nan, 1.5], np.float32)})
+    source = np.array([1.0, 2.0], np.float32)
+    kept = merged_weights.frozen({"a": source})
+    source[0] = 5.0  # the caller changes its array later: what is held does not change
+    assert not merged_weights.same(kept, {"a": source}) and not kept["a"].flags.writeable

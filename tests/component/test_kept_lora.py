@@ -86,17 +86,22 @@ def _message(kind: str, rnd: int, arrays: dict[str, np.ndarray], extra: dict[str
 
 
 def _replies(model_dir: Path, strategy: str, state: Path) -> list[dict[str, Any]]:
-    """Train and evaluate messages of rounds 1 and 2 (a new global adapter each round), each
-    reply's content without its timings."""
+    """Round 0's evaluate message (the first a node gets: it loads the model, and the cache
+    builds the LoRA layers and the weights' copies then, `warm`), then train and evaluate
+    messages of rounds 1 and 2 (a new global adapter each round); each reply's content without
+    its timings."""
     mode, extra, run_extra, node_extra = MODES[strategy]
     run = {"base-model": str(model_dir), "synth-train-examples": 16, "synth-eval-examples": 8,
            **run_extra}  # fmt: skip
     node = {"partition-id": 1, "lora-rank": NODE_RANK, "num-threads": 1, "state-dir": str(state),
             **node_extra}  # fmt: skip
     found = []
-    for rnd, rank in ((1, 2 * NODE_RANK), (2, NODE_RANK // 2)):  # round 2: some A rows re-drawn
-        arrays = _global(model_dir, rank=rank, seed=rnd)
-        for kind in ("train", "evaluate"):
+    both = ("train", "evaluate")
+    rounds = [(0, 0, ("evaluate",)), (1, 2 * NODE_RANK, both), (2, NODE_RANK // 2, both)]
+    # round 2: some A rows re-drawn
+    for rnd, rank, kinds in rounds:
+        arrays = _global(model_dir, rank=rank, seed=rnd) if rank else {}
+        for kind in kinds:
             context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
                               run_config=run)  # fmt: skip
             msg = _message(kind, rnd, arrays, {p.NODE_MODE: mode, **extra})
@@ -124,7 +129,7 @@ def test_replies_with_kept_layers_are_bitwise_those_of_a_fresh_load(
     fresh = _replies(embedded_dir, strategy, tmp_path / "fresh")
     monkeypatch.setenv(base_cache.ENV_SWITCH, "1")
     cached = _replies(embedded_dir, strategy, tmp_path / "cached")
-    assert len(cached) == len(fresh) == 4
+    assert len(cached) == len(fresh) == 5
     for i, (got, want) in enumerate(zip(cached, fresh, strict=True)):
         assert got["arrays"] == want["arrays"], f"message {i}: factors differ"
         assert got["metrics"] == want["metrics"], f"message {i}"
@@ -200,3 +205,25 @@ def test_layers_peft_changed_behind_the_cache_are_dropped_not_reused(embedded_di
     base_cache.release()
     (entry,) = base_cache._idle.values()
     assert entry.lora is None and not kept_lora.layers(entry.model)
+
+
+@pytest.mark.parametrize("privacy", ["none", "dp-sgd"])
+def test_the_first_evaluate_message_builds_the_layers_and_copies_with_the_load(
+    embedded_dir: Path, tmp_path: Path, privacy: str
+) -> None:
+    run: dict[str, Any] = {"base-model": str(embedded_dir), "synth-eval-examples": 4}
+    if privacy == "dp-sgd":
+        run |= {"privacy": "dp-sgd", "dp-noise-multiplier": 1.0}
+    node = {"partition-id": 1, "lora-rank": NODE_RANK, "num-threads": 1, "state-dir": str(tmp_path)}
+    context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config=run)
+    reply = client_app(_message("evaluate", 0, {}, {}), context)
+    assert not reply.has_error(), reply.error.reason
+    (entry,) = base_cache._idle.values()
+    if privacy == "dp-sgd":  # opacus gets fresh layers each round: nothing to build ahead
+        assert entry.lora is None and not entry.weights.saved
+        return
+    layers = kept_lora.layers(entry.model)
+    assert entry.lora is not None and len(layers) > 0
+    assert not any(layer.merged for layer in layers)
+    assert len(entry.weights.saved) == len(layers)  # the loaded weight of every LoRA module
+    assert not entry.weights.dirty
