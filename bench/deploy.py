@@ -9,7 +9,8 @@
   On the embedded model and on a random-weight model with SmolLM2-135M's shapes.
 - **deployed / simulate**: seconds per round of ``fedlora run`` on the deployment over those of
   ``fedlora simulate`` on the same nodes (names, data, ranks, seeds) at a workload where training
-  takes a meaningful time (``elapsed_s`` of metrics.jsonl, rounds 1-3). Every node trains with
+  takes at least 20 s per node and round (``elapsed_s`` of metrics.jsonl, rounds 1-3): 100 local
+  steps, and where they train faster than that, again with the steps scaled to about 25 s. Every node trains with
   one CPU thread: the deployed nodes side by side, simulate's one after the other in one
   process (more threads only contend on a shared 2-core machine). Flower's polling is the floor
   of a deployed round: the SuperNode asks for messages every 3 s when idle and the ServerApp
@@ -43,6 +44,7 @@ from tests.deploy_harness import (
 
 NODES = {"hospital-a": ("hospital-cardiology", 4), "bank-b": ("bank-transactions", 8)}
 RECORD = re.compile(r"\[fedlora\] round (\d+) (train|evaluate): ([\d.]+) s \(([^)]*)\)")
+MIN_TRAIN_S = 20.0  # deployed / simulate is measured where training takes at least this long
 POLL_FLOOR_S = 3.0  # flwr 1.39: SuperNode idle poll, ServerApp reply poll (time.sleep(3))
 MIB = 1024**2
 
@@ -225,6 +227,17 @@ def run(
     return figures
 
 
+def _training_seconds(lines: list[tuple[int, str, float, dict[str, float]]]) -> float:
+    """Mean training seconds per node and round, rounds 1-3."""
+    return statistics.mean(s["train"] for r, k, _, s in lines if k == "train" and r >= 1)
+
+
+def scaled_steps(steps: int, trained: float) -> int:
+    """Local steps that make training take about 25 s per round, from ``steps`` taking
+    ``trained`` seconds (so at least :data:`MIN_TRAIN_S` despite some noise)."""
+    return max(steps, math.ceil(steps * 1.25 * MIN_TRAIN_S / max(trained, 1e-3)))
+
+
 def _part(
     part: str, fed: Federation, *, out: Path, smollm_dir: Path | None, steps: int,
     rss_rounds: int,
@@ -232,15 +245,19 @@ def _part(
     if part == "heavy":
         heavy = {"local-steps": steps, "batch-size": 8, "synth-eval-examples": 16, "min-nodes": 2}
         deployed, lines = _deployed(fed, 3, heavy)
+        trained = _training_seconds(lines)
+        if trained < MIN_TRAIN_S:  # a fast machine: more steps, until training takes >= 20 s
+            heavy["local-steps"] = steps = scaled_steps(steps, trained)
+            deployed, lines = _deployed(fed, 3, heavy)
+            trained = _training_seconds(lines)
         simulated = _simulated(fed, 3, heavy, out / "deploy-simulate")
-        trained = statistics.mean(s["train"] for r, k, _, s in lines if k == "train" and r >= 1)
         return [
             _overhead_figure("embedded", lines),
             Figure(
                 "deploy", "embedded: deployed / simulate seconds per round", deployed / simulated,
                 "×", "<= 1.5",
                 f"{deployed:.1f} vs {simulated:.1f} s per round, {trained:.1f} s training per "
-                f"node; Flower's polling floor: SuperNode and ServerApp each poll every "
+                f"node ({steps} local steps); Flower's polling floor: SuperNode and ServerApp each poll every "
                 f"{POLL_FLOOR_S:.0f} s, for train and evaluate (≈ 6 s a round on average, up "
                 "to 12)",
             ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench import deploy
 from bench.deploy import message_lines, overhead, overhead_by_round, per_round
 
 LOG = """INFO :      Received successfully
@@ -36,3 +37,9 @@ def test_overhead_per_round() -> None:
     log = LOG + "[fedlora] round 2 train: 5.0 s (load 0.00, apply 0.50, train 4.00, other 0.50)\n"
     by_round = overhead_by_round(message_lines(log))
     assert by_round == pytest.approx({1: (0.18 + 0.10) / 9.0, 2: (3.0 + 1.0) / 4.0})
+
+
+def test_a_fast_machine_gets_enough_steps_for_20_seconds_of_training() -> None:
+    assert deploy.scaled_steps(100, 5.0) == 500  # 5 s -> about 25 s
+    assert deploy.scaled_steps(100, 26.2) == 100  # already long enough: never fewer steps
+    assert deploy.scaled_steps(100, 19.9) * 19.9 / 100 >= deploy.MIN_TRAIN_S
