@@ -10,11 +10,11 @@
 - **deployed / simulate**: seconds per round of ``fedlora run`` on the deployment over those of
   ``fedlora simulate`` on the same nodes (names, data, ranks, seeds) at a workload where training
   takes at least 20 s per node and round (``elapsed_s`` of metrics.jsonl, rounds 1-3): 100 local
-  steps, and where they train faster than that, again with the steps scaled to about 25 s. Every node trains with
-  one CPU thread: the deployed nodes side by side, simulate's one after the other in one
-  process (more threads only contend on a shared 2-core machine). Flower's polling is the floor
-  of a deployed round: the SuperNode asks for messages every 3 s when idle and the ServerApp
-  polls for replies every 3 s, for the train and the evaluate message alike.
+  steps, and where they train faster than that, again with the steps scaled to about 25 s.
+  Every node trains with one CPU thread: the deployed nodes side by side, simulate's one after
+  the other in one process (more threads only contend on a shared 2-core machine). Flower's
+  polling is the floor of a deployed round: the SuperNode asks for messages every 3 s when idle
+  and the ServerApp polls for replies every 3 s, for the train and the evaluate message alike.
 - **memory**: each node worker's resident memory after round 2 and after round 20 of a light run.
 """
 
@@ -257,9 +257,9 @@ def _part(
                 "deploy", "embedded: deployed / simulate seconds per round", deployed / simulated,
                 "×", "<= 1.5",
                 f"{deployed:.1f} vs {simulated:.1f} s per round, {trained:.1f} s training per "
-                f"node ({steps} local steps); Flower's polling floor: SuperNode and ServerApp each poll every "
-                f"{POLL_FLOOR_S:.0f} s, for train and evaluate (≈ 6 s a round on average, up "
-                "to 12)",
+                f"node ({steps} local steps); Flower's polling floor: SuperNode and ServerApp "
+                f"each poll every {POLL_FLOOR_S:.0f} s, for train and evaluate (≈ 6 s a round on "
+                "average, up to 12)",
             ),
         ]  # fmt: skip
     if part == "rss":
