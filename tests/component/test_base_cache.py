@@ -109,6 +109,19 @@ def test_unknown_module_is_a_clear_error(embedded_dir: Path) -> None:
     base_cache.release()
 
 
+def products(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rank of every product added into a weight from now on (client/model/merged.py)."""
+    ranks: list[int] = []
+    real_add = merged_weights._add_product
+
+    def counted(w: torch.Tensor, a: torch.Tensor, *x: object, **k: object) -> None:
+        ranks.append(a.shape[0])
+        real_add(w, a, *x, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(merged_weights, "_add_product", counted)
+    return ranks
+
+
 def kept_message(model_dir: str, arrays: dict[str, NDArray] | None) -> torch.Tensor:
     """One message as the ClientApp runs it: the global adapter given to ``checkout``."""
     model, _ = base_cache.checkout(model_dir, device=CPU, dtype=torch.float32,
@@ -141,14 +154,7 @@ def test_the_same_global_adapter_stays_merged_between_messages(
 ) -> None:
     model_dir = str(request.getfixturevalue(fixture))
     first, second = (global_adapter(model_dir, rank=r, scale=0.05, seed=r) for r in (8, 12))
-    merges: list[int] = []
-    real_add = merged_weights._add_product
-
-    def counted(w: torch.Tensor, a: torch.Tensor, *x: object, **k: object) -> None:
-        merges.append(a.shape[0])
-        real_add(w, a, *x, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(merged_weights, "_add_product", counted)
+    merges = products(monkeypatch)
     assert torch.equal(kept_message(model_dir, first), fresh_logits(model_dir, first))
     modules = len(merges)
     assert modules > 0
@@ -190,14 +196,7 @@ def test_continue_merged_after_evaluate_takes_out_only_the_node_components(
     model_dir = str(embedded_dir)
     arrays = global_adapter(model_dir, rank=12, scale=0.05, seed=3)
     kept_message(model_dir, arrays)  # round r's evaluate message
-    ranks: list[int] = []
-    real_add = merged_weights._add_product
-
-    def counted(w: torch.Tensor, a: torch.Tensor, *x: object, **k: object) -> None:
-        ranks.append(a.shape[0])
-        real_add(w, a, *x, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(merged_weights, "_add_product", counted)
+    ranks = products(monkeypatch)
     copies: list[str] = []
     real_restore = merged_weights.MergedWeights.restore
 
