@@ -12,7 +12,7 @@ A reply's config records together, names included, hold at most :data:`MAX_CONFI
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -114,6 +114,32 @@ def _scalar_bytes(value: object) -> int:
     if isinstance(value, bytes):
         return len(value)
     raise TypeError(f"a config record holds {type(value).__name__}: not a Flower config value")
+
+
+# The records a node's reply may carry, by kind (client/app.py builds them).
+REPLY_RECORDS = {
+    "array": frozenset({ARRAYS}),
+    "metric": frozenset({METRICS}),
+    "config": frozenset({ADAPTER, PRIVACY}),
+}
+
+
+def record_problem(kinds: Mapping[str, Iterable[str]]) -> str | None:
+    """Why a reply is refused for a record no fedlora node sends (``kinds``: the names of its
+    array, metric and config records), naming up to three; None when it has none. Without it an
+    extra array record would escape `max-reply-mb`, which counts the ``arrays`` record."""
+    extra = [f"{kind} record `{name[:40]}`" for kind, names in sorted(kinds.items())
+             for name in sorted(names)
+             if name not in REPLY_RECORDS.get(kind, frozenset())]  # fmt: skip
+    if not extra:
+        return None
+    more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+    return (
+        f"the reply carries {', '.join(extra[:3])}{more}: a fedlora node's reply holds only the "
+        f"array record `{ARRAYS}`, the metric record `{METRICS}` and the config records "
+        f"`{ADAPTER}` and `{PRIVACY}` (server and node may run different fedlora versions); "
+        "this reply was not used"
+    )
 
 
 def config_problem(records: Mapping[str, Mapping[str, object]]) -> str | None:

@@ -92,9 +92,13 @@ def identity_problem(msg: Message, enrolled: EnrolledNames | None) -> Rejected |
 
 
 def config_size_problem(msg: Message) -> Rejected | None:
-    """A reply whose config records together exceed ``MAX_CONFIG_BYTES`` (strategies/protocol.py),
-    refused before anything in them (layout, module names) is read."""
-    problem = p.config_problem(msg.content.config_records)
+    """A reply with a record no fedlora node sends, or whose config records together exceed
+    ``MAX_CONFIG_BYTES`` (strategies/protocol.py): refused before anything in them (layout,
+    module names) is read."""
+    content = msg.content
+    problem = p.record_problem({"array": content.array_records, "metric": content.metric_records,
+                                "config": content.config_records})  # fmt: skip
+    problem = problem or p.config_problem(content.config_records)
     if problem is None:
         return None
     return Rejected(msg.metadata.src_node_id, _name(msg)[:64], problem)
