@@ -175,12 +175,17 @@ def warm(model: PreTrainedModel, *, rank: int, alpha: float, target_modules: str
         rng = torch.random.get_rng_state()
         try:
             attach_lora(model, rank=rank, alpha=alpha, target_modules=target_modules, seed=0)
+            entry.lora_busy = False
+            if entry.lora is None or entry.lora_key is None:
+                raise RuntimeError("the node's LoRA was not kept")
+            if not kept_lora.park(entry.lora, entry.lora_key):
+                raise RuntimeError("the node's LoRA could not be switched off")
+        except Exception:  # only a head start: the train message builds (and reports) it
+            entry.lora, entry.lora_key, entry.lora_busy = None, None, False
+            kept_lora.unwrap(model)
+            return
         finally:
             torch.random.set_rng_state(rng)
-        peft_model, key = entry.lora, entry.lora_key
-        entry.lora_busy = False
-        if peft_model is None or key is None or not kept_lora.park(peft_model, key):
-            raise RuntimeError("the node's LoRA could not be kept")
         if mergeable(model):
             names = (n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer))
             entry.weights.keep_all_loaded(model, names)
@@ -279,6 +284,7 @@ def release() -> None:
 
 def _restore(entry: _Entry) -> None:
     model = entry.model
+    entry.loaded_now = False
     entry.weights.unhook()
     entry.lora_busy = False
     if (

@@ -227,3 +227,19 @@ def test_the_first_evaluate_message_builds_the_layers_and_copies_with_the_load(
     assert not any(layer.merged for layer in layers)
     assert len(entry.weights.saved) == len(layers)  # the loaded weight of every LoRA module
     assert not entry.weights.dirty
+
+
+def test_a_warm_up_that_fails_leaves_the_message_and_the_model_as_they_were(
+    embedded_dir: Path,
+) -> None:
+    model, _ = base_cache.checkout(str(embedded_dir), device=CPU, dtype=torch.float32,
+                                   gradient_checkpointing=False)  # fmt: skip
+    rng = torch.random.get_rng_state()
+    try:  # peft refuses target modules the model lacks: the train message will say so
+        base_cache.warm(model, rank=4, alpha=8.0, target_modules="no_such_module")
+        assert not kept_lora.layers(model) and not hasattr(model, "peft_config")
+        assert torch.equal(torch.random.get_rng_state(), rng)
+    finally:
+        base_cache.release()
+    (entry,) = base_cache._idle.values()
+    assert entry.lora is None and not entry.weights.saved and not entry.loaded_now
