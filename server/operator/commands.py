@@ -222,6 +222,7 @@ def _serve(
         servicer = EnrollmentServicer(
             registry=fed.registry(),
             register=partial(_register, fed.control(config)),
+            unregister=partial(unregister_node, fed.control(config)),
             ca_pem=pki.ca_cert.read_bytes(),
             superlink_address=config.address(config.fleet_port),
         )

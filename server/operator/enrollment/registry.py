@@ -64,6 +64,7 @@ class Invitation:
 
 
 Register = Callable[[str, str], int]  # (node name, OpenSSH public key) -> Flower node id
+Unregister = Callable[[int], None]  # Flower node id -> the key no longer registered
 
 
 class Registry:
@@ -189,12 +190,21 @@ class Registry:
         fingerprint: str,
         peer: str,
         register: Register,
+        unregister: Unregister | None = None,
     ) -> NodeRecord:
-        """Consume the token and register the key (all or nothing); raise :class:`Refused`."""
+        """Consume the token and register the key (all or nothing); raise :class:`Refused`.
+
+        Flower registers the key inside the transaction; should anything after it fail (the
+        names map, the commit), the transaction rolls back and ``unregister`` takes the key out
+        of Flower again, so no key stays registered that fedlora does not know (it would show as
+        a stranger in `fedlora server nodes`, and its token could not be used again). If that
+        fails too, the audit trail names the Flower node id to remove.
+        """
+        registered: int | None = None
         try:
             with self._writing() as conn:
                 name = self._check_token(conn, token_id, secret)
-                node_id = register(name, public_key)
+                node_id = registered = register(name, public_key)
                 now = time.time()
                 conn.execute(
                     "UPDATE invitations SET used_at = ?, used_by = ? WHERE id = ?",
@@ -206,10 +216,24 @@ class Registry:
                 )
         except Exception as err:
             reason = str(err) if isinstance(err, Refused) else f"registration failed: {err}"
+            if registered is not None:
+                reason += self._take_back(registered, unregister)
             self.log(peer=peer, name=None, outcome="refused", reason=reason)
             raise Refused(reason) from err
         self.log(peer=peer, name=name, outcome="enrolled", reason=f"key {fingerprint}")
         return NodeRecord(name, node_id, fingerprint, now, ENROLLED)
+
+    @staticmethod
+    def _take_back(node_id: int, unregister: Unregister | None) -> str:
+        """Unregister a key whose enrollment rolled back; what became of it, for the reason."""
+        if unregister is None:
+            return f"; Flower node {node_id} keeps the key: remove it (`flwr` Control API)"
+        try:
+            unregister(node_id)
+        except Exception as err:
+            return (f"; Flower node {node_id} keeps the key, unregistering failed ({err}): "
+                    "remove it (`flwr` Control API)")  # fmt: skip
+        return f"; the key was unregistered from Flower again (node {node_id})"
 
     def _check_token(self, conn: sqlite3.Connection, token_id: str, secret: str) -> str:
         row = conn.execute(

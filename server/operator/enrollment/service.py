@@ -22,7 +22,13 @@ import grpc
 
 from protos.fedlora.enroll.v1 import enroll_pb2, enroll_pb2_grpc
 from server.operator.enrollment.keys import parse_node_key
-from server.operator.enrollment.registry import NodeRecord, Refused, Register, Registry
+from server.operator.enrollment.registry import (
+    NodeRecord,
+    Refused,
+    Register,
+    Registry,
+    Unregister,
+)
 from server.operator.enrollment.status import Nonces, status_response, verify_request
 
 log = logging.getLogger("fedlora.enrollment")
@@ -123,6 +129,7 @@ class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
         *,
         registry: Registry,
         register: Register,
+        unregister: Unregister | None = None,
         ca_pem: bytes,
         superlink_address: str,
         limiter: RateLimiter | None = None,
@@ -131,6 +138,7 @@ class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
     ) -> None:
         self.registry = registry
         self.register = register
+        self.unregister = unregister
         self.ca_pem = ca_pem
         self.superlink_address = superlink_address
         self.limiter = limiter or RateLimiter()
@@ -216,6 +224,7 @@ class EnrollmentServicer(enroll_pb2_grpc.EnrollmentServicer):
                 fingerprint=key.fingerprint,
                 peer=peer,
                 register=self.register,
+                unregister=self.unregister,
             )
             return record, grpc.StatusCode.OK, ""
         except (Refused, ValueError) as err:  # Refused: the registry audited it already
