@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def empty_base_cache() -> Iterator[None]:
+    """The node's base-model cache (client/model/cache.py) empty before and after the test."""
+    from client.model import cache as base_cache
+
+    base_cache.release()
+    base_cache._idle.clear()
+    yield
+    base_cache.release()
+    base_cache._idle.clear()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ and the low-precision node keeps the global update (client/model/cache.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +22,7 @@ CPU = torch.device("cpu")
 IDS = torch.tensor([[1, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 2]])
 
 
-@pytest.fixture(autouse=True)
-def _empty_cache() -> Iterator[None]:
-    base_cache.release()
-    base_cache._idle.clear()
-    yield
-    base_cache.release()
-    base_cache._idle.clear()
+pytestmark = pytest.mark.usefixtures("empty_base_cache")
 
 
 def global_adapter(model_dir: str, *, rank: int, scale: float, seed: int) -> dict[str, NDArray]:

@@ -5,7 +5,6 @@ mode that trains a LoRA; a re-drawn LoRA is bitwise a fresh one, and so is the R
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +40,7 @@ MODES: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _empty_cache() -> Iterator[None]:
-    base_cache.release()
-    base_cache._idle.clear()
-    yield
-    base_cache.release()
-    base_cache._idle.clear()
+pytestmark = pytest.mark.usefixtures("empty_base_cache")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ global adapter stay fp32, and the global update survives (it would not, merged i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,7 @@ CPU = torch.device("cpu")
 TEXTS = ["Patient reports mild headache; advised rest.", "Wire transfer memo: invoice 1043."] * 4
 
 
-@pytest.fixture(autouse=True)
-def _empty_cache() -> Iterator[None]:
-    base_cache.release()
-    base_cache._idle.clear()
-    yield
-    base_cache.release()
-    base_cache._idle.clear()
+pytestmark = pytest.mark.usefixtures("empty_base_cache")
 
 
 def _train(model_dir: str, dtype: torch.dtype) -> tuple[float, float, set[torch.dtype]]:

@@ -5,7 +5,6 @@ multi-GPU placement and the memory table rest on, against real models."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,7 @@ from tests.component.test_client_round import _train_reply
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _empty_cache() -> Iterator[None]:
-    base_cache.release()
-    base_cache._idle.clear()
-    yield
-    base_cache.release()
-    base_cache._idle.clear()
+pytestmark = pytest.mark.usefixtures("empty_base_cache")
 
 
 def test_nf4_is_qlora_s_configuration_and_int8_is_llm_int8() -> None:
