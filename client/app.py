@@ -99,11 +99,7 @@ def _prepare(
     merge_only: bool = False,
 ) -> _Job:
     settings = _settings(context)
-    content = msg.content
-    if p.CONFIG not in content.config_records or p.ARRAYS not in content.array_records:
-        raise ValueError(f"instruction lacks `{p.CONFIG}` or `{p.ARRAYS}`: server and node "
-                         "run different fedlora versions")  # fmt: skip
-    config = TrainConfig.from_config(dict(content.config_records[p.CONFIG]))
+    config = TrainConfig.from_config(dict(msg.content.config_records[p.CONFIG]))
     device = pick_device(settings.device)
     model, tokenizer = base_cache.checkout(  # kept across messages; restored after each one
         settings.base_model,
@@ -120,10 +116,12 @@ def _prepare(
 
 def _global_adapter(msg: Message) -> dict[str, NDArray[np.floating]]:
     """The instruction's global adapter: read-only views of the message's bytes (reading it
-    counts as applying it: the node log's ``apply``)."""
-    if p.ARRAYS not in msg.content.array_records:
-        raise ValueError(f"instruction lacks `{p.ARRAYS}`: server and node run different fedlora "
-                         "versions")  # fmt: skip
+    counts as applying it: the node log's ``apply``). Every instruction carries it and `config`;
+    the first thing a message does is this check."""
+    content = msg.content
+    if p.CONFIG not in content.config_records or p.ARRAYS not in content.array_records:
+        raise ValueError(f"instruction lacks `{p.CONFIG}` or `{p.ARRAYS}`: server and node "
+                         "run different fedlora versions")  # fmt: skip
     with phases.phase("apply"):
         return p.view_record(msg.content.array_records[p.ARRAYS])
 

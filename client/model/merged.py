@@ -92,8 +92,7 @@ class MergedWeights:
         found = _factors(model, arrays)
         self.restore(model, keep=set(found))
         with torch.no_grad():
-            for name, (a, b) in found.items():
-                layer = _layer(model, name)
+            for name, (layer, a, b) in found.items():
                 self.keep_loaded(name, layer)
                 self.dirty.add(name)
                 _add_product(_weight(layer), a, b, conv1d=self.conv1d, start=self.saved[name])
@@ -103,8 +102,7 @@ class MergedWeights:
         """``W += B·A`` for each module of ``arrays``, on top of what the weights hold."""
         self.merged = None  # the weights now hold more than one global adapter
         with torch.no_grad():
-            for name, (a, b) in _factors(model, arrays).items():
-                layer = _layer(model, name)
+            for name, (layer, a, b) in _factors(model, arrays).items():
                 self.keep_loaded(name, layer)
                 self.dirty.add(name)
                 _add_product(_weight(layer), a, b, conv1d=self.conv1d)
@@ -151,22 +149,25 @@ class MergedWeights:
 
 def _factors(
     model: PreTrainedModel, arrays: Arrays
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Module name -> its (A, B) as fp32 tensors on the module's device, zero-padded to the
-    widest module's rank as peft pads them (a module at that rank is taken as is)."""
+) -> dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]:
+    """Module name -> its layer and (A, B) as fp32 tensors on the layer's device, zero-padded to
+    the widest module's rank as peft pads them (a module at that rank is taken as is). Every
+    module is looked up before any weight changes: an unknown one leaves the weights as they
+    were."""
     pairs: dict[str, dict[str, NDArray[np.floating]]] = {}
     for key, value in arrays.items():
         pairs.setdefault(module_name(key), {})[key] = value
     rank = max((int(v.shape[0]) for k, v in arrays.items() if k.endswith(A_SUFFIX)), default=0)
     found = {}
     for name, factors in sorted(pairs.items()):
-        device = _weight(_layer(model, name)).device
+        layer = _layer(model, name)
+        device = _weight(layer).device
         a = float_tensor(_factor(factors, A_SUFFIX))  # (k, in)
         b = float_tensor(_factor(factors, B_SUFFIX))  # (out, k)
         if a.shape[0] != rank:
             a = torch.nn.functional.pad(a, (0, 0, 0, rank - a.shape[0]))
             b = torch.nn.functional.pad(b, (0, rank - b.shape[1]))
-        found[name] = (a.to(device), b.to(device))
+        found[name] = (layer, a.to(device), b.to(device))
     return found
 
 
